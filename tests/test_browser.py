@@ -1,0 +1,164 @@
+"""Real-browser tests: the Streamlit app in headless Debian chromium, driven by Playwright.
+
+Each page is opened, must draw its Plotly figures without an exception box, and answers one
+interaction with a visible change. Screenshots go to ``$SHOT_DIR`` (``make screenshots``) or the
+test's temporary directory. Without chromium or playwright the tests skip on a developer
+machine and fail when the ``CI`` environment variable is set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1400, "height": 2400}
+TIMEOUT_MS = 60_000  # two shared cores: a cold page with torch imports can take a while
+
+pytestmark = pytest.mark.browser
+
+APP = "[data-testid='stApp']"
+PLOT = ".js-plotly-plot .main-svg"
+EXCEPTION = "[data-testid='stException']"
+METRIC = "[data-testid='stMetricValue']"
+
+
+def _missing_browser() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no chromium at {CHROMIUM}"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    missing = _missing_browser()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"{missing}; CI must run the browser tests (make chromium)")
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(chromium, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
+                if resp.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"streamlit did not become healthy:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def shot_dir(tmp_path) -> Path:
+    out = Path(os.environ["SHOT_DIR"]) if os.environ.get("SHOT_DIR") else tmp_path
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture
+def app_page(chromium, app_url):
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _wait_idle(page) -> None:
+    page.locator(f"{APP}[data-test-connection-state='CONNECTED']").wait_for(state="attached")
+    page.locator(f"{APP}[data-test-script-state='notRunning']").wait_for(state="attached")
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    _wait_idle(page)
+    page.locator(PLOT).first.wait_for()
+    _assert_no_exception(page)
+
+
+def _assert_no_exception(page) -> None:
+    boxes = page.locator(EXCEPTION)
+    assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def _metrics(page) -> list[str]:
+    return page.locator(METRIC).all_inner_texts()
+
+
+def _plots(page) -> list[str]:
+    """The SVG markup of every Plotly figure, so that a redraw with new data is seen."""
+    return page.locator(".js-plotly-plot .main-svg").evaluate_all(
+        "els => els.map(e => e.innerHTML)")
+
+
+def _wait_changed(page, read, before, seconds: float = 60) -> list[str]:
+    """Poll ``read(page)`` until it differs from ``before`` and the script is idle again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        now = read(page)
+        if now != before:
+            _wait_idle(page)
+            return read(page)
+    raise AssertionError(f"nothing changed within {seconds} s: still {before}")
+
+
+def _shoot(page, shot_dir: Path, name: str) -> None:
+    _wait_idle(page)
+    page.locator(PLOT).first.wait_for()
+    page.wait_for_timeout(500)  # let Plotly finish its transition before the screenshot
+    page.screenshot(path=str(shot_dir / name))

@@ -1,0 +1,167 @@
+"""The ``wfviz`` command line: stats, curve, collect, bundles, report.
+
+Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import WfvizError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: same one-line form
+        raise WfvizError(message[0].upper() + message[1:] + "; see 'wfviz --help'.")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="wfviz", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("stats", help="summary statistics and predicted gaps of one Σ_X")
+    s.add_argument("source", help="file path, bundle:<name>/<block>/<input>, or synthetic:<family>?n=...")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--damping", type=float, default=0.0, help="relative damping of diag before Cholesky")
+
+    c = sub.add_parser("curve", help="distortion-rate sweep: methods x rotations x rates")
+    c.add_argument("source")
+    c.add_argument("--methods", default="gptq-ec,watersic")
+    c.add_argument("--rotations", default="identity,haar,hadamard")
+    c.add_argument("--rates", default="2,3,4,5,6")
+    c.add_argument("--rows", type=int, default=256)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--rate-metric", default="column_entropy")
+    fmt = c.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+
+    k = sub.add_parser("collect", help="collect Σ_X of every linear input of a Hugging Face causal LM")
+    k.add_argument("--model", required=True, help="Hugging Face id or local directory")
+    k.add_argument("--gguf-file", default=None)
+    k.add_argument("--text", required=True, help="calibration text file")
+    k.add_argument("--tokens", type=int, required=True)
+    k.add_argument("--seq-len", type=int, default=2048)
+    k.add_argument("--device", default="auto")
+    k.add_argument("--dtype", default="float32")
+    k.add_argument("--out", required=True)
+    k.add_argument("--full-layers", default="", help="comma-separated block indices to store in full")
+    k.add_argument("--layers", default="", help="restrict to these input names (qkv,o,gate_up,down)")
+
+    b = sub.add_parser("bundles", help="list the bundles found and their layers")
+    b.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("report", help="the by-layer-type GPTQ-vs-WaterSIC gap table of a bundle")
+    r.add_argument("bundle")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--measure", action="store_true", help="also run the quantizers on full layers")
+    return p
+
+
+def _cmd_stats(args) -> int:
+    from .sources import resolve_source  # heavy imports (torch) only for the command that runs
+    from .stats import json_safe, layer_stats, stats_table
+
+    stats = layer_stats(resolve_source(args.source), damping=args.damping)
+    if args.json:
+        _print_json(json_safe(stats))
+    else:
+        print(stats_table(stats))
+    return 0
+
+
+def _cmd_curve(args) -> int:
+    raise WfvizError("'wfviz curve' is not implemented yet.")
+
+
+def _cmd_collect(args) -> int:
+    from .collect import run_collect
+
+    manifest = run_collect(
+        model=args.model, gguf_file=args.gguf_file, text=args.text, tokens=args.tokens,
+        seq_len=args.seq_len, device=args.device, dtype=args.dtype, out=args.out,
+        full_layers=_int_list(args.full_layers, "--full-layers"), layers=args.layers,
+        command=_collect_command(args),
+    )
+    print(f"wrote {manifest.parent} ({manifest.name} + layers/)")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise WfvizError(f"{flag} must be comma-separated block numbers, e.g. 0,15,29.") from exc
+
+
+def _collect_command(args) -> str:
+    """The command line as recorded in the manifest: file names, never absolute paths."""
+    from pathlib import Path
+
+    parts = ["wfviz collect", f"--model {Path(args.model).name or args.model}"]
+    if args.gguf_file:
+        parts.append(f"--gguf-file {args.gguf_file}")
+    parts += [f"--text {Path(args.text).name}", f"--tokens {args.tokens}",
+              f"--seq-len {args.seq_len}", f"--device {args.device}", f"--dtype {args.dtype}",
+              f"--out {Path(args.out).name}"]
+    parts += [f"--full-layers {args.full_layers}"] if args.full_layers else []
+    parts += [f"--layers {args.layers}"] if args.layers else []
+    return " ".join(parts)
+
+
+def _cmd_bundles(args) -> int:
+    from .bundles import LLAMA3_HINT, bundles_summary, bundles_text, list_bundles
+
+    bundles = list_bundles()
+    if args.json:
+        _print_json({"bundles": bundles_summary(bundles), "hint": LLAMA3_HINT})
+    else:
+        print(bundles_text(bundles))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .bundles import load_bundle
+    from .report import bundle_report, report_text
+    from .stats import json_safe
+
+    report = bundle_report(load_bundle(args.bundle), measure=args.measure)
+    if args.json:
+        _print_json(json_safe(report))
+    else:
+        print(report_text(report))
+    return 0
+
+
+_COMMANDS = {
+    "stats": _cmd_stats,
+    "curve": _cmd_curve,
+    "collect": _cmd_collect,
+    "bundles": _cmd_bundles,
+    "report": _cmd_report,
+}
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 success, 2 bad input)."""
+    try:
+        args = _build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except WfvizError as exc:
+        print(f"wfviz: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wfviz: error: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The Σ_X container shared by every part of wfviz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Covariance:
+    """A layer-input second moment Σ_X = E[x xᵀ] (not mean-centred), or only its spectrum.
+
+    Parameters
+    ----------
+    eigenvalues : ndarray, shape (n,)
+        Eigenvalues of Σ_X in descending order, float64, all >= 0.
+    matrix : ndarray, shape (n, n), optional
+        The full symmetric PSD matrix in its native basis, float64. ``None`` for an
+        eigenvalues-only source, which supports every feature that needs no basis
+        (waterfilling, Haar and eigenbasis predictions).
+    label : str
+        What the data is, shown in the UI and CLI (e.g. "SmolLM2-135M block 3 down_proj input").
+    source_id : str
+        A short stable key (file sha256, bundle layer id, synthetic spec) used for caching.
+    notes : tuple of str
+        Things the loader did that the user should know (e.g. clipped tiny negative eigenvalues).
+    d_by_rotation : dict
+        Precomputed Cholesky diagonals d = diag(L)² keyed by rotation name, for bundle layers
+        without a full matrix.
+    diagonal : ndarray, optional
+        diag(Σ_X) when known without the full matrix (bundles).
+    """
+
+    eigenvalues: np.ndarray
+    matrix: np.ndarray | None = None
+    label: str = ""
+    source_id: str = ""
+    notes: tuple[str, ...] = ()
+    d_by_rotation: dict = field(default_factory=dict)
+    diagonal: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    @property
+    def is_full(self) -> bool:
+        return self.matrix is not None
+
+    @property
+    def diag(self) -> np.ndarray | None:
+        if self.matrix is not None:
+            return np.diag(self.matrix).copy()
+        return self.diagonal

@@ -1,0 +1,278 @@
+"""Entropy-coded GPTQ: the equal-rate SIC variant that the high-rate theory analyses.
+
+Every column is rounded with one uniform step ``Δ`` in the weight domain, with no clipping
+(codes ``round(w/Δ)`` are unbounded integers), and the error is fed forward exactly as in GPTQ
+(same damped ``U``, same lazy blocks; see :mod:`wfviz.quantizers.gptq`). The codes are meant to
+be entropy coded, so the rate is measured on them (default: per-column empirical entropy) plus
+16 bits for the one fp16 step. At high rate its distortion is ``(2πe/12)·σ²·AM(d)·2^{−2R}``,
+``½ log2(AM(d)/GM(d))`` bits above WaterSIC.
+
+The step is searched on ``log2 Δ``: the measured rate falls monotonically (up to sampling
+noise) as ``Δ`` grows, with slope ≈ −1 bit per doubling at high rate. Each search round runs
+*several candidate steps in one SIC pass* by stacking copies of ``W`` with different per-row
+steps (rows are independent in the SIC), which amortizes the per-column loop overhead; several
+target rates are searched together the same way (:func:`quantize_gptq_ec_rates`).
+
+Precision: ``"auto"`` runs the column loop in float32 unless an a-priori bound on float32
+rounding noise in the residual targets, ``2⁻²⁴·√n·(max|W|/Δ + max_j ‖U_j,j+1:‖/U_jj)`` in units
+of the step, exceeds ``fp32_noise_limit`` (high rate or an ill-conditioned Σ); then float64.
+The Cholesky factors are always float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import WfvizError
+from .base import CancelFn, MethodOutput, ProgressFn
+from .gptq import (SCALE_BITS, GPTQPrepared, _measure, _unpermute, check_sigma, check_weights,
+                   prepare_gptq, sic_pass)
+
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+
+
+@dataclass(frozen=True)
+class GPTQECConfig:
+    """Knobs of entropy-coded GPTQ.
+
+    Attributes
+    ----------
+    percdamp : float
+        Relative damping of ``H = 2Σ`` (as GPTQ).
+    act_order : bool
+        Decide the columns in order of descending ``diag Σ``.
+    block_size : int
+        Columns per lazy-update block.
+    precision : str
+        ``"auto"``, ``"float32"`` or ``"float64"`` for the column loop.
+    fp32_noise_limit : float
+        Largest float32 noise bound (in steps) that ``"auto"`` accepts.
+    rate_tol : float
+        Stop when the measured rate is within this many bits of the target.
+    max_search_rounds : int
+        Most stacked SIC passes of the step search.
+
+    Examples
+    --------
+    >>> GPTQECConfig().rate_tol
+    0.01
+    """
+
+    percdamp: float = 0.01
+    act_order: bool = False
+    block_size: int = 128
+    precision: str = "auto"
+    fp32_noise_limit: float = 3e-3
+    rate_tol: float = 0.01
+    max_search_rounds: int = 12
+
+    def __post_init__(self):
+        if not (math.isfinite(self.percdamp) and self.percdamp >= 0):
+            raise WfvizError(f"percdamp must be a number >= 0 (e.g. 0.01), got {self.percdamp}.")
+        if int(self.block_size) != self.block_size or self.block_size < 1:
+            raise WfvizError(f"block_size must be a positive integer, got {self.block_size}.")
+        if self.precision not in ("auto", "float32", "float64"):
+            raise WfvizError(f"precision must be 'auto', 'float32' or 'float64', got "
+                             f"{self.precision!r}.")
+        if not self.rate_tol > 0 or self.max_search_rounds < 2:
+            raise WfvizError("rate_tol must be > 0 and max_search_rounds >= 2.")
+
+
+def prepare_gptq_ec(sigma: torch.Tensor, config: GPTQECConfig = GPTQECConfig()) -> GPTQPrepared:
+    """The Σ-only part (damped ``U``, order, dead columns), shared by every rate.
+
+    Examples
+    --------
+    >>> prepare_gptq_ec(torch.eye(4)).n
+    4
+    """
+    return prepare_gptq(sigma, config.percdamp, config.act_order)
+
+
+def _loop_dtype(W: torch.Tensor, U: torch.Tensor, step: float, config: GPTQECConfig):
+    if config.precision != "auto":
+        return getattr(torch, config.precision)
+    diag = torch.diagonal(U)
+    off = torch.linalg.norm(torch.triu(U, 1), dim=1) / diag
+    bound = _FP32_UNIT_ROUNDOFF * math.sqrt(U.shape[0]) * (
+        float(W.abs().max()) / step + float(off.max()))
+    return torch.float32 if bound <= config.fp32_noise_limit else torch.float64
+
+
+class _Search:
+    """Step search for several targets on one shared curve ``rate(u)``, ``u = log2 Δ``.
+
+    Every pass, whatever target it was run for, adds a point of the same decreasing curve, so
+    each target interpolates between the closest points bracketing it, or steps from the
+    closest point with the high-rate slope of −1 bit per doubling of Δ.
+    """
+
+    def __init__(self, targets, tol: float, u0: float):
+        self.targets, self.tol, self.u0 = [float(t) for t in targets], tol, u0
+        self.points: list[tuple[float, float]] = []
+        self.best: list = [None] * len(self.targets)  # (|error|, u, rate, result)
+
+    def add(self, u: float, rate: float, result) -> None:
+        self.points.append((u, rate))
+        for i, t in enumerate(self.targets):
+            err = abs(rate - t)
+            if self.best[i] is None or err < self.best[i][0]:
+                self.best[i] = (err, u, rate, result)
+
+    def done(self, i: int) -> bool:
+        return self.best[i] is not None and self.best[i][0] <= self.tol
+
+    def candidate(self, i: int) -> float:
+        t = self.targets[i]
+        if not self.points:
+            return self.u0 + (self.targets[0] - t)
+        above = [p for p in self.points if p[1] > t]  # step too small
+        below = [p for p in self.points if p[1] <= t]
+        if not below:
+            u, r = max(above)
+            return u + max(r - t, 0.05)
+        if not above:
+            u, r = min(below)
+            return u - max(t - r, 0.05)
+        (u1, r1), (u2, r2) = max(above), min(below)
+        return u1 + (r1 - t) * (u2 - u1) / (r1 - r2) if r1 != r2 else 0.5 * (u1 + u2)
+
+
+def _stored_step(u: float) -> float:
+    """``2^u`` rounded to fp16 (the stored side information) when fp16 holds it as a normal."""
+    step = 2.0**u
+    half = float(torch.tensor(step, dtype=torch.float16))
+    return half if 2.0**-14 <= half <= 65504.0 else step
+
+
+def _start_u(W: torch.Tensor, entropy: float) -> float:
+    """High-rate guess: a Gaussian of variance mean(W²) needs ``h − log2 Δ`` bits."""
+    var = float((W.to(torch.float64) ** 2).mean()) or 1.0
+    return 0.5 * math.log2(2 * math.pi * math.e * var) - entropy
+
+
+def _check_target(rate, a: int, n: int, rate_metric: str) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+            or rate <= SCALE_BITS / (a * n):
+        raise WfvizError(f"The target rate must be a number of bits above the step's side "
+                         f"information {SCALE_BITS / (a * n):.3g}, got {rate!r}.")
+    if rate_metric == "log_cardinality":
+        raise WfvizError("GPTQ-EC's codes are unbounded, so its rate must be an entropy or a "
+                         "coded size; use column_entropy, pooled_entropy or coded_bits.")
+    samples = a if rate_metric == "column_entropy" else a * n
+    if rate >= math.log2(samples):
+        raise WfvizError(f"{rate} bits of {rate_metric} cannot be measured from {samples} codes "
+                         f"per histogram; ask for fewer bits or use more rows.")
+
+
+def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
+                           config: GPTQECConfig = GPTQECConfig(), *,
+                           rate_metric: str = "column_entropy",
+                           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                           prepared: GPTQPrepared | None = None) -> list[MethodOutput]:
+    """Entropy-coded GPTQ at several target rates, searched together in stacked passes.
+
+    Parameters are those of :func:`quantize_gptq_ec`, with ``rates`` a sequence of targets.
+
+    Returns
+    -------
+    list of MethodOutput
+        One per target, in the order given.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> outs = quantize_gptq_ec_rates(torch.randn(256, 8, generator=g), torch.eye(8), [2, 3])
+    >>> [round(o.rate) for o in outs]
+    [2, 3]
+    """
+    check_weights(W)
+    a, n = W.shape
+    sigma = check_sigma(sigma, n)
+    for r in rates:
+        _check_target(r, a, n, rate_metric)
+    prep = prepared if prepared is not None else prepare_gptq_ec(sigma, config)
+    if prep.n != n:
+        raise WfvizError("The prepared GPTQ factor is for another Σ; prepare it again.")
+    Wd = W.masked_fill(prep.dead[None, :].to(W.device), 0.0)
+    if prep.perm is not None:
+        Wd = Wd[:, prep.perm.to(W.device)]
+    U = prep.U.to(W.device)
+    side = SCALE_BITS
+    search = _Search(rates, config.rate_tol, _start_u(Wd, float(rates[0]) - side / (a * n)))
+    for k in range(config.max_search_rounds):
+        todo = sorted({search.candidate(i) for i in range(len(rates)) if not search.done(i)})
+        if not todo:
+            break
+        steps = [_stored_step(u) for u in todo]
+        dtype = _loop_dtype(Wd, U, min(steps), config)
+        stacked = Wd.to(dtype).repeat(len(todo), 1)
+        row_step = torch.tensor(steps, dtype=dtype, device=W.device).repeat_interleave(a)
+        codes, _ = sic_pass(stacked, U.to(dtype), row_step, block_size=int(config.block_size),
+                            cancel=cancel)
+        for i, u in enumerate(todo):
+            c = _unpermute(codes[i * a:(i + 1) * a], prep.perm)
+            measured, column_rates = _measure(c, rate_metric, side, None)
+            search.add(u, float(measured), (c, column_rates, str(dtype).removeprefix("torch.")))
+        if progress is not None:
+            left = sum(not search.done(i) for i in range(len(rates)))
+            progress((k + 1) / config.max_search_rounds,
+                     f"GPTQ-EC step search round {k + 1}: {left} rate(s) still searching")
+    return [_output(W, search, i, rate_metric, side, prep) for i in range(len(rates))]
+
+
+def _output(W, search: _Search, i: int, rate_metric, side, prep) -> MethodOutput:
+    _, u, measured, (codes, column_rates, precision) = search.best[i]
+    step = _stored_step(u)
+    W_hat = (codes.to(torch.float64) * step).to(W.dtype)
+    info = {"step": step, "damping_abs": prep.damping_abs, "precision": precision,
+            "dead_columns": torch.nonzero(prep.dead).flatten().tolist(),
+            "search": search.points, "search_points": len(search.points),
+            "target_rate": search.targets[i]}
+    return MethodOutput(W_hat=W_hat, codes=codes,
+                        scales={"step": torch.tensor([step], dtype=torch.float64)},
+                        rate=measured, rate_metric=rate_metric,
+                        column_rates=np.asarray(column_rates), side_info_bits=side, info=info)
+
+
+def quantize_gptq_ec(W: torch.Tensor, sigma: torch.Tensor, rate: float,
+                     config: GPTQECConfig = GPTQECConfig(), *,
+                     rate_metric: str = "column_entropy", progress: ProgressFn | None = None,
+                     cancel: CancelFn | None = None,
+                     prepared: GPTQPrepared | None = None) -> MethodOutput:
+    """Quantize W with entropy-coded GPTQ at a target measured rate.
+
+    Parameters
+    ----------
+    W : torch.Tensor, shape (a, n)
+        Weights in the basis of ``sigma``.
+    sigma : torch.Tensor, shape (n, n)
+        Σ_X.
+    rate : float
+        Target bits per weight under ``rate_metric`` (16 bits of step included).
+    config : GPTQECConfig
+    rate_metric : str
+        ``column_entropy`` (default), ``pooled_entropy`` or ``coded_bits``.
+    progress, cancel : callable, optional
+        ``progress(fraction, message)``; ``cancel()`` returning True raises ``Cancelled``.
+    prepared : GPTQPrepared, optional
+        :func:`prepare_gptq_ec` of this ``sigma`` and config.
+
+    Returns
+    -------
+    MethodOutput
+        ``scales["step"]`` is the fp16-rounded step Δ; ``Ŵ = Δ · codes``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> out = quantize_gptq_ec(torch.randn(256, 8, generator=g), torch.eye(8), 3.0)
+    >>> abs(out.rate - 3.0) <= 0.01
+    True
+    """
+    return quantize_gptq_ec_rates(W, sigma, [rate], config, rate_metric=rate_metric,
+                                  progress=progress, cancel=cancel, prepared=prepared)[0]

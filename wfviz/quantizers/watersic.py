@@ -1,0 +1,701 @@
+"""WaterSIC: one lattice step in the whitened domain, successive interference cancellation.
+
+With ``Σ = L Lᵀ`` (``L`` lower, from the damped Σ) the loss ``tr((W−Ŵ)Σ(W−Ŵ)ᵀ)`` equals
+``‖(W−Ŵ)L‖²`` and column ``j`` of ``(W−Ŵ)L`` only involves columns ``j..n−1`` of ``W − Ŵ``.
+Deciding the columns from the last to the first and feeding every decided column's error forward
+makes the error of each whitened column exactly its own rounding error. WaterSIC rounds every
+whitened column with the same step ``c`` (weight-domain step ``α_j = c / L_jj``), which is
+waterfilling on the Cholesky diagonal ``d_j = L_jj²`` and sits ``½ log2(2πe/12) ≈ 0.2546`` bit
+above the information-theoretic limit at high rate, in every basis.
+
+Implementation choices (see ``benchmarks/bench_watersic.py`` for the measurements):
+
+- **Error-feedback form.** Column ``j`` is quantized from
+  ``y_j = L_jj W_j + Σ_{k>j} (W_k − Ŵ_k) L_kj``, the same residual target as the authors'
+  ``Y = WL`` minus the decided contributions, but it needs no ``W L`` product. The feedback is
+  GPTQ-style lazy batching: inside a block of ``block_size`` columns sequential rank-1 updates
+  touch only the block; the feedback to all earlier columns is one GEMM per block. The total work
+  is about ``a n² / 2`` multiply-adds, a quarter of ``W Σ`` plus ``Σ Σ`` at ``a = n``.
+- **Precision.** The pass runs in float32 unless an a-priori bound on the float32 rounding noise
+  of the residual targets exceeds ``fp32_noise_limit`` times the step (high rate, or an
+  ill-conditioned ``L`` whose feedback amplifies errors); then it runs in float64. The noise bound
+  is ``u · √n · (max|y|/c + max_j ‖(L_kj / L_kk)_{k>j}‖)``, ``u = 2⁻²⁴``; rounding noise ``δc``
+  in a target adds ``≈ δ² c²`` to that column's ``c²/12`` error, so ``δ = 3·10⁻³`` costs about
+  ``10⁻⁴`` relative distortion. The Cholesky factorization, the rate search's final check and
+  the rescalers are always float64.
+- **Rate search.** ``c`` is searched on ``log2 c`` (the rate is close to linear in ``−log2 c``
+  with slope ≈ 1 at high rate) by a safeguarded secant/bisection on the full matrix, started
+  from the high-resolution formula ``c = 2^{−h}·√12·GM(√s_i·L_ii)``. The accepted codes are those
+  of the last evaluated pass, so no extra pass is run for the answer, and the reported rate is the
+  one measured on those codes.
+- **Rescalers** ``Ŵ = diag(T) Z diag(α ∘ Γ)``, fitted after the SIC by alternating exact least
+  squares (:func:`fit_rescalers`), are **off by default**: they cost 16 bits per row and did not
+  pay for them. Measured at a = n = 2048 on a Haar-rotated power-law Σ, column entropy, equal
+  measured rate, side information charged (``benchmarks/bench_watersic.py --skip-4096
+  --skip-reference --rescaler-ablation``): with i.i.d. Gaussian rows, on was worse by 0.0072,
+  0.0072, 0.0076 and 0.0079 bit at 2, 3, 4 and 6 bits (the 16/n = 0.0078 bit of ``T`` minus a
+  fitted gain below 0.001 bit, because the per-column LS gain already does most of the work);
+  with log-normal row norms (σ = 0.5), on was better by 0.009 bit at 2 bits and worse by 0.0005,
+  0.0055 and 0.0069 bit at 3, 4 and 6 bits. The fit took 2.6–3.5× the time of the rest. Turn
+  them on for real weights at about 2 bits or below, or to reproduce the authors' recipe.
+
+Side information (bits charged for the whole matrix, 16 bits for every stored number):
+16 per live column (the merged column scale ``α_j Γ_j``, or ``α_j γ_j`` without rescalers),
+16 per row when the rescalers are on (``T``), and 16 per dead column index. By default the
+reconstruction uses those scales rounded to fp16 (column scales relative to one shared
+power-of-two exponent, which is not charged); the error feedback inside the SIC uses the exact
+values. The rounding adds a relative weight error of about ``2⁻¹¹/√3`` rms, which is ``< 0.001``
+bit up to about 7 bits per weight and grows at higher rates (``fp16_scales=False`` removes it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import WfvizError
+from ..rates import RATE_METRICS, measure_rate
+from .base import CancelFn, Cancelled, MethodOutput, ProgressFn
+
+SIDE_INFO_BITS = 16.0
+"""Bits charged for every stored scale and every dead-column index (one fp16 each)."""
+
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+_GAMMA_CLIP = (-0.1, 1.5)
+_LINE_SEARCH_FRACTIONS = (0.5, 0.25, 0.125, 0.0625)
+
+
+@dataclass(frozen=True)
+class WaterSICConfig:
+    """Knobs of WaterSIC.
+
+    Attributes
+    ----------
+    damping : float
+        Relative damping: ``damping · mean(diag Σ)`` is added to the diagonal before the Cholesky.
+    dead_threshold : float
+        A feature is dead when its ``Σ_jj < dead_threshold · median(diag Σ)`` (or ``≤ 0``).
+    ls_gain : bool
+        Per-column least-squares gain ``γ_j = ⟨z, y⟩ / (c ‖z‖²)`` inside the error feedback.
+    rescalers : bool
+        Fit diagonal row/column rescalers ``T``, ``Γ`` after the SIC (:func:`fit_rescalers`).
+    block_size : int
+        Columns per lazy-update block of the SIC.
+    precision : str
+        ``"auto"`` (float32 unless the noise bound asks for float64), ``"float32"`` or
+        ``"float64"``.
+    fp32_noise_limit : float
+        Largest float32 noise bound, relative to the step, that ``"auto"`` accepts.
+    rate_tol : float
+        The rate search stops when the measured rate is within this many bits of the target.
+    max_search_passes : int
+        Most SIC passes the rate search may run.
+    rescaler_max_iter : int
+        Most alternating iterations of the rescaler fit.
+    rescaler_tol : float
+        The rescaler fit stops when the relative loss change falls below this.
+    fp16_scales : bool
+        Reconstruct from the stored scales rounded to fp16 (the 16 bits charged for them);
+        the column scales share one power-of-two exponent so that fp16's range never binds.
+
+    Examples
+    --------
+    >>> WaterSICConfig(rescalers=False).ls_gain
+    True
+    """
+
+    damping: float = 1e-4
+    dead_threshold: float = 1e-3
+    ls_gain: bool = True
+    rescalers: bool = False
+    block_size: int = 128
+    precision: str = "auto"
+    fp32_noise_limit: float = 3e-3
+    rate_tol: float = 0.01
+    max_search_passes: int = 24
+    rescaler_max_iter: int = 100
+    rescaler_tol: float = 3e-4
+    fp16_scales: bool = True
+
+    def __post_init__(self):
+        if not (math.isfinite(self.damping) and self.damping >= 0):
+            raise WfvizError(f"WaterSIC damping must be a number >= 0 (e.g. 1e-4), got "
+                             f"{self.damping}.")
+        if not (math.isfinite(self.dead_threshold) and 0 <= self.dead_threshold < 1):
+            raise WfvizError(f"dead_threshold must be in [0, 1) (e.g. 1e-3), got "
+                             f"{self.dead_threshold}.")
+        if self.precision not in ("auto", "float32", "float64"):
+            raise WfvizError(f"precision must be 'auto', 'float32' or 'float64', got "
+                             f"{self.precision!r}.")
+        if int(self.block_size) < 1:
+            raise WfvizError(f"block_size must be a positive integer, got {self.block_size}.")
+        if not (self.rate_tol > 0 and self.rescaler_tol > 0):
+            raise WfvizError("rate_tol and rescaler_tol must be positive; use e.g. 0.01 and 3e-4.")
+        if self.max_search_passes < 2 or self.rescaler_max_iter < 0:
+            raise WfvizError("max_search_passes must be >= 2 and rescaler_max_iter >= 0.")
+
+
+@dataclass(frozen=True)
+class WaterSICPrepared:
+    """What depends on Σ only and can be reused across rates, weights and calls.
+
+    Attributes
+    ----------
+    n : int
+        Number of features (columns of W), dead ones included.
+    live : torch.Tensor, int64, shape (m,)
+        Indices of the live features, in increasing order.
+    dead : torch.Tensor, int64, shape (n - m,)
+        Indices of the dead features (restored as exact zero columns).
+    L : torch.Tensor, float64, shape (m, m)
+        Lower Cholesky factor of the damped live block of Σ.
+    sigma_live : torch.Tensor, float64, shape (m, m)
+        The undamped live block of Σ (loss and rescalers use it).
+    damping_abs : float
+        The absolute damping added to the diagonal.
+    feedback_gain : float
+        ``max_j ‖(L_kj / L_kk)_{k>j}‖``, how much the feedback can amplify rounding noise.
+    """
+
+    n: int
+    live: torch.Tensor
+    dead: torch.Tensor
+    L: torch.Tensor
+    sigma_live: torch.Tensor
+    damping_abs: float
+    feedback_gain: float
+
+    @property
+    def log2_det(self) -> float:
+        """``log2 det`` of the damped live Σ, as ``Σ_j log2 L_jj²``."""
+        return float(2 * torch.log2(torch.diagonal(self.L)).sum())
+
+
+@dataclass
+class PassResult:
+    """One SIC pass at a fixed step ``c`` (all tensors over the full ``n`` columns).
+
+    Attributes
+    ----------
+    codes : torch.Tensor, int64, shape (a, n)
+        Integer codes, zero in dead columns.
+    alpha : torch.Tensor, float64, shape (n,)
+        Weight-domain steps ``c / L_jj`` (0 in dead columns).
+    gamma : torch.Tensor, float64, shape (n,)
+        Per-column gains used in the feedback (1 when ``ls_gain`` is off, 0 for all-zero columns).
+    c : float
+        The whitened step.
+    dtype : torch.dtype
+        Precision the pass ran in.
+    """
+
+    codes: torch.Tensor
+    alpha: torch.Tensor
+    gamma: torch.Tensor
+    c: float
+    dtype: torch.dtype
+
+    @property
+    def W_hat(self) -> torch.Tensor:
+        """Reconstruction ``Z diag(α ∘ γ)``, float64, shape (a, n)."""
+        return self.codes.to(torch.float64) * (self.alpha * self.gamma)
+
+
+def _check_sigma(sigma) -> torch.Tensor:
+    if not isinstance(sigma, torch.Tensor):
+        raise WfvizError("Σ must be a torch.Tensor; convert it with torch.as_tensor(sigma).")
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or sigma.shape[0] == 0:
+        raise WfvizError(f"Σ must be a non-empty square matrix, got shape {tuple(sigma.shape)}.")
+    s = sigma.to(torch.float64)
+    if not bool(torch.isfinite(s).all()):
+        raise WfvizError("Σ contains NaN or infinite entries; fix the statistics first.")
+    return s
+
+
+def prepare_watersic(sigma: torch.Tensor, config: WaterSICConfig = WaterSICConfig()):
+    """Dead features, damping and the float64 Cholesky factor of Σ, reusable across rates.
+
+    Parameters
+    ----------
+    sigma : torch.Tensor, shape (n, n)
+        Σ_X in the basis to quantize in (symmetric positive semidefinite).
+    config : WaterSICConfig
+        Supplies ``damping`` and ``dead_threshold``.
+
+    Returns
+    -------
+    WaterSICPrepared
+
+    Raises
+    ------
+    WfvizError
+        If Σ is not square and finite, has no live feature, or the damped live block is not
+        positive definite.
+
+    Examples
+    --------
+    >>> prep = prepare_watersic(torch.diag(torch.tensor([4.0, 0.0, 1.0])))
+    >>> prep.dead.tolist(), [round(v, 3) for v in torch.diagonal(prep.L).tolist()]
+    ([1], [2.0, 1.0])
+    """
+    s = _check_sigma(sigma)
+    diag = torch.diagonal(s)
+    med = float(diag.abs().median())
+    dead_mask = (diag <= 0) | (diag.abs() < config.dead_threshold * med)
+    live = torch.nonzero(~dead_mask).flatten()
+    if live.numel() == 0:
+        raise WfvizError("Every feature of Σ has zero variance; there is nothing to quantize.")
+    s_live = s[live][:, live]
+    damp = config.damping * float(torch.diagonal(s_live).mean())
+    eye = torch.eye(live.numel(), dtype=s.dtype, device=s.device)
+    L, info = torch.linalg.cholesky_ex(s_live + damp * eye)
+    if int(info) != 0:
+        raise WfvizError(f"The damped Σ is not positive definite; raise WaterSIC damping above "
+                         f"{config.damping:g}.")
+    unit = L / torch.diagonal(L)[:, None]  # row k divided by L_kk
+    feedback = torch.linalg.vector_norm(torch.tril(unit, -1), dim=0)
+    return WaterSICPrepared(
+        n=s.shape[0], live=live, dead=torch.nonzero(dead_mask).flatten(), L=L,
+        sigma_live=s_live, damping_abs=damp, feedback_gain=float(feedback.max()),
+    )
+
+
+def _pass_dtype(W_live: torch.Tensor, prep: WaterSICPrepared, c: float, precision: str,
+                noise_limit: float) -> torch.dtype:
+    if precision != "auto":
+        return getattr(torch, precision)
+    ymax = float(W_live.abs().max()) * float(torch.diagonal(prep.L).max()) if W_live.numel() else 0
+    bound = _FP32_UNIT_ROUNDOFF * math.sqrt(prep.L.shape[0]) * (ymax / c + prep.feedback_gain)
+    return torch.float32 if bound <= noise_limit else torch.float64
+
+
+def _sic_blocked(Wt, L, c, ls_gain, block, cancel):
+    """Blocked SIC on the transposed live weight ``Wt`` (m × a); returns codes (m × a), gains."""
+    m = Wt.shape[0]
+    diag = torch.diagonal(L)
+    alpha = c / diag
+    Yt = Wt * diag[:, None]  # row j holds L_jj W_j plus the feedback received so far
+    Et = torch.empty_like(Wt)
+    Zt = torch.empty_like(Wt)
+    gamma = torch.ones(m, dtype=Wt.dtype, device=Wt.device)
+    zero = torch.zeros((), dtype=Wt.dtype, device=Wt.device)
+    for end in range(m, 0, -block):
+        if cancel is not None and cancel():
+            raise Cancelled("WaterSIC was cancelled.")
+        start = max(0, end - block)
+        for k in range(end - 1, start - 1, -1):
+            y = Yt[k]
+            z = Zt[k]
+            torch.round(y / c, out=z)  # half to even
+            if ls_gain:
+                zz = torch.dot(z, z)
+                g = torch.where(zz > 0, torch.dot(z, y) / (c * zz.clamp_min(1)), zero)
+                gamma[k] = g
+                scale = alpha[k] * g
+            else:
+                scale = alpha[k]
+            torch.sub(Wt[k], z * scale, out=Et[k])
+            if k > start:
+                Yt[start:k].addr_(L[k, start:k], Et[k])
+        if start > 0:
+            Yt[:start].addmm_(L[start:end, :start].T, Et[start:end])
+    return Zt, gamma
+
+
+def watersic_pass(W: torch.Tensor, prep: WaterSICPrepared, c: float, *, ls_gain: bool = True,
+                  dtype: torch.dtype | None = None, block_size: int = 128,
+                  cancel: CancelFn | None = None) -> PassResult:
+    """Quantize W with WaterSIC at a fixed whitened step ``c`` (no rate search, no rescalers).
+
+    Parameters
+    ----------
+    W : torch.Tensor, shape (a, n)
+        Weights in the basis of ``prep``.
+    prep : WaterSICPrepared
+        From :func:`prepare_watersic` on the Σ of the same basis.
+    c : float
+        Whitened step; column ``j`` is rounded with weight-domain step ``c / L_jj``.
+    ls_gain : bool
+        Use the per-column least-squares gain inside the feedback.
+    dtype : torch.dtype, optional
+        Precision of the pass; default float32 unless the noise bound asks for float64.
+    block_size : int
+        Columns per lazy-update block.
+    cancel : callable, optional
+        Polled once per block; returning True raises :class:`Cancelled`.
+
+    Returns
+    -------
+    PassResult
+
+    Examples
+    --------
+    >>> prep = prepare_watersic(torch.eye(2, dtype=torch.float64), WaterSICConfig(damping=0))
+    >>> watersic_pass(torch.tensor([[0.26, -1.4]]), prep, 0.5, ls_gain=False).codes.tolist()
+    [[1, -3]]
+    """
+    if not (math.isfinite(c) and c > 0):
+        raise WfvizError(f"The WaterSIC step c must be a positive number, got {c}.")
+    W_live = W[:, prep.live]
+    if dtype is None:
+        dtype = _pass_dtype(W_live, prep, c, "auto", WaterSICConfig.fp32_noise_limit)
+    Wt = W_live.T.to(dtype).contiguous()
+    Zt, gamma_live = _sic_blocked(Wt, prep.L.to(dtype), c, ls_gain, int(block_size), cancel)
+    a, n = W.shape
+    codes = torch.zeros((a, n), dtype=torch.int64, device=W.device)
+    codes[:, prep.live] = Zt.T.to(torch.int64)
+    alpha = torch.zeros(n, dtype=torch.float64, device=W.device)
+    alpha[prep.live] = c / torch.diagonal(prep.L)
+    gamma = torch.zeros(n, dtype=torch.float64, device=W.device)
+    gamma[prep.live] = gamma_live.to(torch.float64)
+    return PassResult(codes=codes, alpha=alpha, gamma=gamma, c=float(c), dtype=dtype)
+
+
+@dataclass
+class RescalerFit:
+    """Diagonal rescalers ``Ŵ = diag(t) Ŵ0 diag(g)`` fitted by alternating least squares.
+
+    Attributes
+    ----------
+    t : torch.Tensor, float64, shape (a,)
+        Row rescaler ``T``, normalized to ``mean|t| = 1``.
+    g : torch.Tensor, float64, shape (m,)
+        Column rescaler ``Γ`` (replaces the SIC gains).
+    loss_before, loss_after : float
+        ``tr((W−Ŵ)S(W−Ŵ)ᵀ)`` per entry with the starting and the fitted rescalers.
+    iterations : int
+        Alternating iterations run.
+    """
+
+    t: torch.Tensor
+    g: torch.Tensor
+    loss_before: float
+    loss_after: float
+    iterations: int
+
+
+class _RescalerProblem:
+    """``J(t, g) = tr(WSWᵀ) − 2⟨B, Ŵ⟩ + tr(ŴSŴᵀ)``, ``B = WS``, ``Ŵ = diag(t) Ŵ0 diag(g)``."""
+
+    def __init__(self, W, W0, S):
+        self.W0, self.S = W0, S
+        self.B = W @ S
+        self.WSW = float((self.B * W).sum())
+        self.size = W0.numel()
+
+    def gamma_system(self, t):
+        W0t = self.W0 * t[:, None]
+        F3 = self.S * (W0t.T @ W0t)
+        f4 = (W0t * self.B).sum(0)
+        return F3, f4
+
+    def row_system(self, g):
+        M = self.W0 * g
+        return (self.B * M).sum(1), ((M @ self.S) * M).sum(1)
+
+    def loss(self, linear, quad, x):
+        return (self.WSW - 2 * float(linear @ x) + quad) / self.size
+
+
+def _ridge(diag_values: torch.Tensor) -> float:
+    return max(1e-11, 1e-8 * float(diag_values.mean()))
+
+
+def _solve_spd(F3, f4):
+    eye = torch.eye(F3.shape[0], dtype=F3.dtype, device=F3.device)
+    chol, info = torch.linalg.cholesky_ex(F3 + _ridge(torch.diagonal(F3)) * eye)
+    if int(info) == 0:
+        return torch.cholesky_solve(f4[:, None], chol)[:, 0]
+    return torch.linalg.pinv(F3) @ f4
+
+
+def _gamma_step(F3, f4, prob, g, loss):
+    """Exact Γ update for fixed t, with the authors' backtracking; None when nothing helps."""
+    g_new = _solve_spd(F3, f4)
+    for frac in (1.0, *_LINE_SEARCH_FRACTIONS):
+        trial = g + frac * (g_new - g)
+        trial_loss = prob.loss(f4, float(trial @ F3 @ trial), trial)
+        if trial_loss <= loss:
+            return trial
+    return None
+
+
+def _row_step(prob, g):
+    f7, f8 = prob.row_system(g)
+    t = f7 / (f8 + _ridge(f8))
+    return t, prob.loss(f7, float((f8 * t * t).sum()), t)
+
+
+def fit_rescalers(W: torch.Tensor, W0: torch.Tensor, S: torch.Tensor, g0: torch.Tensor, *,
+                  max_iter: int = 100, tol: float = 3e-4,
+                  cancel: CancelFn | None = None) -> RescalerFit:
+    """Fit ``Ŵ = diag(t) Ŵ0 diag(g)`` to W under ``tr((W−Ŵ)S(W−Ŵ)ᵀ)`` by alternating LS.
+
+    Each iteration solves ``(S ∘ F2 + ρI) g = f4`` exactly with ``F2 = Ŵ0ᵀ diag(t²) Ŵ0`` and
+    ``f4_j = Σ_r t_r Ŵ0_rj B_rj`` (``B = WS``; backtracking by halves when the loss rises), clips
+    ``g`` to ``[−0.1, 1.5]``, sets every ``t_r`` in closed form and renormalizes
+    ``mean|t| = 1``. It stops at a relative loss change below ``tol`` or after ``max_iter``
+    iterations; an iteration that raises the loss is undone, and the result is never worse than
+    the start ``(t = 1, g = g0)``. Everything runs in float64.
+
+    Parameters
+    ----------
+    W : torch.Tensor, shape (a, m)
+        Target weights.
+    W0 : torch.Tensor, shape (a, m)
+        Un-gained reconstruction ``Z diag(α)``.
+    S : torch.Tensor, shape (m, m)
+        The (undamped) Σ of the loss.
+    g0 : torch.Tensor, shape (m,)
+        Starting column gains (the SIC gains).
+    max_iter : int
+        Most alternating iterations.
+    tol : float
+        Relative loss change that counts as converged.
+    cancel : callable, optional
+        Polled every iteration; returning True raises :class:`Cancelled`.
+
+    Returns
+    -------
+    RescalerFit
+
+    Examples
+    --------
+    >>> W = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    >>> fit = fit_rescalers(W, 0.5 * W, torch.eye(2, dtype=torch.float64), torch.ones(2))
+    >>> round(fit.loss_before, 3), fit.loss_after < 1e-6
+    (1.875, True)
+    """
+    W, W0, S = (x.to(torch.float64) for x in (W, W0, S))
+    prob = _RescalerProblem(W, W0, S)
+    t = torch.ones(W.shape[0], dtype=torch.float64, device=W.device)
+    g = g0.to(device=W.device, dtype=torch.float64).clone()
+    start = loss = None
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
+        if cancel is not None and cancel():
+            raise Cancelled("WaterSIC rescaler fit was cancelled.")
+        F3, f4 = prob.gamma_system(t)
+        if start is None:  # the first Γ system is at t = 1, so it prices the start for free
+            start = loss = prob.loss(f4, float(g @ F3 @ g), g)
+        g_new = _gamma_step(F3, f4, prob, g, loss)
+        if g_new is None:
+            break
+        g_new = g_new.clamp(*_GAMMA_CLIP)
+        t_new, new_loss = _row_step(prob, g_new)
+        scale = float(t_new.abs().mean())
+        if new_loss > loss or not scale > 0:
+            break
+        t, g = t_new / scale, g_new * scale
+        change, loss = (loss - new_loss) / max(loss, 1e-300), new_loss
+        if change < tol:
+            break
+    if start is None:
+        f7, f8 = prob.row_system(g)
+        start = loss = prob.loss(f7, float(f8.sum()), t)
+    if loss > start:
+        t = torch.ones_like(t)
+        g, loss = g0.to(device=W.device, dtype=torch.float64).clone(), start
+    return RescalerFit(t=t, g=g, loss_before=start, loss_after=loss, iterations=iterations)
+
+
+def _side_info_bits(a: int, prep: WaterSICPrepared, rescalers: bool) -> float:
+    per_row = a if rescalers else 0
+    return SIDE_INFO_BITS * (per_row + prep.live.numel() + prep.dead.numel())
+
+
+def _start_log2_step(W_live: torch.Tensor, prep: WaterSICPrepared, entropy: float) -> float:
+    """High-resolution guess ``log2 c = mean_i ½ log2(12 s_i L_ii²) − h``."""
+    s = (W_live.to(torch.float64) ** 2).mean(0)
+    keep = s > 0
+    if not bool(keep.any()):
+        raise WfvizError("W is zero in every live column; there is nothing to quantize.")
+    spread = 0.5 * torch.log2(12 * s[keep] * torch.diagonal(prep.L)[keep] ** 2)
+    return float(spread.mean()) - entropy
+
+
+class _RateSearch:
+    """Safeguarded secant on ``u = log2 c`` for ``rate(u) = target`` (rate falls as u grows)."""
+
+    def __init__(self, target: float, tol: float):
+        self.target, self.tol = target, tol
+        self.points: list[tuple[float, float]] = []
+        self.lo = -math.inf  # largest u known to give too many bits
+        self.hi = math.inf  # smallest u known to give too few bits
+
+    def done(self) -> bool:
+        return abs(self.points[-1][1] - self.target) <= self.tol or self.hi - self.lo < 1e-9
+
+    def add(self, u: float, rate: float) -> None:
+        self.points.append((u, rate))
+        if rate > self.target:
+            self.lo = max(self.lo, u)
+        else:
+            self.hi = min(self.hi, u)
+
+    def next_u(self) -> float:
+        u1, r1 = self.points[-1]
+        slope = -1.0
+        if len(self.points) > 1:
+            u0, r0 = self.points[-2]
+            if u1 != u0 and (r1 - r0) / (u1 - u0) < -0.05:
+                slope = (r1 - r0) / (u1 - u0)
+        step = max(-4.0, min(4.0, (self.target - r1) / slope))
+        u = u1 + step
+        if math.isfinite(self.lo) and math.isfinite(self.hi) and not self.lo < u < self.hi:
+            u = 0.5 * (self.lo + self.hi)
+        return u
+
+
+def _fp16_grid(x: torch.Tensor) -> torch.Tensor:
+    """Round to fp16 after dividing by a power of two near ``max|x|`` (kept exactly)."""
+    top = float(x.abs().max())
+    if top == 0:
+        return x
+    ref = 2.0 ** math.floor(math.log2(top))
+    return (x / ref).to(torch.float16).to(x.dtype) * ref
+
+
+def _check_inputs(W, sigma, rate, rate_metric):
+    if not isinstance(W, torch.Tensor) or W.ndim != 2 or 0 in W.shape:
+        raise WfvizError("W must be a non-empty 2-D torch.Tensor of shape (a, n).")
+    if sigma.shape != (W.shape[1], W.shape[1]):
+        raise WfvizError(f"Σ must be {W.shape[1]}×{W.shape[1]} to match W's {W.shape[1]} columns, "
+                         f"got {tuple(sigma.shape)}.")
+    if not bool(torch.isfinite(W).all()):
+        raise WfvizError("W contains NaN or infinite entries; fix the weights first.")
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise WfvizError(f"The target rate must be a positive number of bits, got {rate!r}.")
+    if rate_metric not in RATE_METRICS or rate_metric == "log_cardinality":
+        raise WfvizError(f"WaterSIC's codes are unbounded, so its rate must be an entropy or coded "
+                         f"size; use column_entropy, pooled_entropy or coded_bits, not "
+                         f"{rate_metric!r}.")
+
+
+def _check_measurable(entropy: float, a: int, n: int, m: int, rate_metric: str) -> None:
+    """An empirical entropy of N samples is at most log2 N: refuse targets above that."""
+    samples = a if rate_metric == "column_entropy" else a * m
+    if entropy >= math.log2(samples) * m / n:
+        raise WfvizError(f"{entropy:.2f} bits of {rate_metric} cannot be measured on {samples} "
+                         f"codes per histogram (at most log2({samples}) bits); ask for fewer bits "
+                         f"or use more rows.")
+
+
+def _search_step(W, prep, rate, config, rate_metric, side_bits, progress, cancel):
+    """Run SIC passes until the measured rate is within ``rate_tol``; return the pass and log."""
+    a, n = W.shape
+    W_live = W[:, prep.live]
+    entropy = (rate - side_bits / (a * n)) * n / prep.live.numel()
+    search = _RateSearch(rate, config.rate_tol)
+    u = _start_log2_step(W_live, prep, entropy)
+    best = None
+    for k in range(config.max_search_passes):
+        c = 2.0**u
+        dtype = _pass_dtype(W_live, prep, c, config.precision, config.fp32_noise_limit)
+        res = watersic_pass(W, prep, c, ls_gain=config.ls_gain, dtype=dtype,
+                            block_size=config.block_size, cancel=cancel)
+        measured, column_rates = measure_rate(res.codes, rate_metric, side_info_bits=side_bits)
+        search.add(u, measured)
+        if best is None or abs(measured - rate) < abs(best[1] - rate):
+            best = (res, measured, column_rates)
+        if progress is not None:
+            progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 passes
+                     f"WaterSIC pass {k + 1}: c = {c:.4g}, {measured:.4f} bits ({rate_metric})")
+        if search.done():
+            break
+        u = search.next_u()
+    return best, search.points
+
+
+def quantize_watersic(W: torch.Tensor, sigma: torch.Tensor, rate: float,
+                      config: WaterSICConfig = WaterSICConfig(), *,
+                      rate_metric: str = "column_entropy", progress: ProgressFn | None = None,
+                      cancel: CancelFn | None = None,
+                      prepared: WaterSICPrepared | None = None) -> MethodOutput:
+    """Quantize W with WaterSIC at a target measured rate.
+
+    The whitened step ``c`` is searched (see the module docstring) until the rate of the codes
+    under ``rate_metric``, side information included, is within ``config.rate_tol`` bits of
+    ``rate``; then the rescalers are fitted if ``config.rescalers``.
+
+    Parameters
+    ----------
+    W : torch.Tensor, shape (a, n)
+        Weights, in the basis of ``sigma``.
+    sigma : torch.Tensor, shape (n, n)
+        Σ_X, uncentred second moment of the layer input.
+    rate : float
+        Target bits per weight under ``rate_metric``, side information included.
+    config : WaterSICConfig
+        Method knobs.
+    rate_metric : str
+        ``"column_entropy"``, ``"pooled_entropy"`` or ``"coded_bits"``.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    cancel : callable, optional
+        Returning True stops the work with :class:`Cancelled` (polled once per block of columns).
+    prepared : WaterSICPrepared, optional
+        Output of :func:`prepare_watersic` for this ``sigma`` and ``config``, to reuse it.
+
+    Returns
+    -------
+    MethodOutput
+        ``scales`` holds ``alpha`` (α_j = c/L_jj), ``gamma`` (SIC gains or Γ), ``column_scale``
+        (α∘Γ, the stored one) and ``row_scale`` (T); ``info`` holds the step ``c``, the
+        search log ``search`` as ``(c, measured rate)`` pairs, ``search_passes``, the pass
+        ``precision``, ``dead_columns``, ``damping_abs`` and, with rescalers, the loss per
+        entry before and after them.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> W, S = torch.randn(64, 16, generator=g), torch.eye(16)
+    >>> out = quantize_watersic(W, S, 4.0, WaterSICConfig(rate_tol=0.05))
+    >>> abs(out.rate - 4.0) <= 0.05
+    True
+    """
+    sigma = _check_sigma(sigma)
+    _check_inputs(W, sigma, rate, rate_metric)
+    prep = prepared if prepared is not None else prepare_watersic(sigma, config)
+    if prep.n != W.shape[1]:
+        raise WfvizError("The prepared WaterSIC factor is for another Σ; prepare it again.")
+    a, n = W.shape
+    side_bits = _side_info_bits(a, prep, config.rescalers)
+    if rate <= side_bits / (a * n):
+        raise WfvizError(f"A rate of {rate} bits is below WaterSIC's side information of "
+                         f"{side_bits / (a * n):.4f} bits per weight; ask for more bits.")
+    _check_measurable(rate - side_bits / (a * n), a, n, prep.live.numel(), rate_metric)
+    (res, measured, column_rates), log = _search_step(W, prep, rate, config, rate_metric,
+                                                       side_bits, progress, cancel)
+    t = torch.ones(a, dtype=torch.float64, device=W.device)
+    gamma = res.gamma
+    info = {"c": res.c, "damping_abs": prep.damping_abs, "dead_columns": prep.dead.tolist(),
+            "precision": str(res.dtype).removeprefix("torch."),
+            "search": [(2.0**u, r) for u, r in log],
+            "search_passes": len(log), "rate_error": float(measured) - rate,
+            "ls_gain": config.ls_gain,
+            "rescalers": config.rescalers}
+    if config.rescalers:
+        live = prep.live
+        W0 = res.codes[:, live].to(torch.float64) * res.alpha[live]
+        fit = fit_rescalers(W[:, live], W0, prep.sigma_live, res.gamma[live],
+                            max_iter=config.rescaler_max_iter, tol=config.rescaler_tol,
+                            cancel=cancel)
+        t, gamma = fit.t, torch.zeros_like(res.gamma)
+        gamma[live] = fit.g
+        info.update(loss_before_rescalers=fit.loss_before * live.numel() / n,
+                    loss_after_rescalers=fit.loss_after * live.numel() / n,
+                    rescaler_iterations=fit.iterations)
+    column_scale = res.alpha * gamma
+    if config.fp16_scales:
+        column_scale, t = _fp16_grid(column_scale), _fp16_grid(t)
+    W_hat = (t[:, None] * res.codes.to(torch.float64) * column_scale).to(W.dtype)
+    if progress is not None:
+        progress(1.0, f"WaterSIC done: {measured:.4f} bits ({rate_metric})")
+    scales = {"alpha": res.alpha, "gamma": gamma, "column_scale": column_scale, "row_scale": t}
+    return MethodOutput(W_hat=W_hat, codes=res.codes, scales=scales, rate=float(measured),
+                        rate_metric=rate_metric, column_rates=np.asarray(column_rates),
+                        side_info_bits=side_bits, info=info)
