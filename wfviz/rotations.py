@@ -1,0 +1,271 @@
+"""Orthogonal changes of basis for Σ_X and W: identity, Haar, randomized Hadamard, KLT, act-order.
+
+A rotation ``Q`` acts on the statistics as ``Σ → Q Σ Qᵀ`` and on the weights as ``W → W Qᵀ``, so
+that ``(W Qᵀ)(Q x) = W x``: the rotated layer computes the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from .errors import WfvizError
+
+ROTATIONS = {
+    "identity": "The native basis: no rotation.",
+    "haar": "A Haar-random orthogonal matrix (QR of a Gaussian with the sign fix), seeded.",
+    "hadamard": "Randomized Hadamard H·diag(±1)/√n from Sylvester and Paley blocks, seeded.",
+    "eigenbasis": "The Karhunen–Loève basis: Σ becomes diagonal and d = λ (needs the full Σ).",
+    "act_order": "GPTQ's act-order: columns sorted by descending diag(Σ) (needs the diagonal).",
+}
+
+# Kronecker factors are kept at most this large so that applying them stays cheap.
+_MAX_POW2_FACTOR = 64
+
+
+def _is_prime(q: int) -> bool:
+    return q >= 2 and all(q % k for k in range(2, int(q**0.5) + 1))
+
+
+def _jacobsthal(q: int) -> np.ndarray:
+    """Q[i, j] = χ(j − i), with χ the quadratic character of GF(q), q prime."""
+    squares = np.zeros(q, dtype=bool)
+    squares[(np.arange(1, q) ** 2) % q] = True
+    chi = np.where(squares, 1.0, -1.0)
+    chi[0] = 0.0
+    idx = (np.arange(q)[None, :] - np.arange(q)[:, None]) % q
+    return chi[idx]
+
+
+def _paley_order(m: int) -> str | None:
+    if m >= 4 and _is_prime(m - 1) and (m - 1) % 4 == 3:
+        return "I"
+    if m % 2 == 0 and _is_prime(m // 2 - 1) and (m // 2 - 1) % 4 == 1:
+        return "II"
+    return None
+
+
+@lru_cache(maxsize=32)
+def _paley(m: int) -> np.ndarray:
+    """A ±1 Hadamard matrix of order m by Paley's construction I or II."""
+    kind = _paley_order(m)
+    if kind == "I":
+        q = m - 1
+        s = np.zeros((m, m))
+        s[0, 1:], s[1:, 0], s[1:, 1:] = 1.0, -1.0, _jacobsthal(q)
+        return np.eye(m) + s
+    q = m // 2 - 1
+    c = np.zeros((q + 1, q + 1))
+    c[0, 1:], c[1:, 0], c[1:, 1:] = 1.0, 1.0, _jacobsthal(q)
+    zero_block = np.array([[1.0, -1.0], [-1.0, -1.0]])
+    one_block = np.array([[1.0, 1.0], [1.0, -1.0]])
+    return np.kron(c, one_block) + np.kron(c == 0, zero_block)
+
+
+@lru_cache(maxsize=32)
+def _sylvester(p: int) -> np.ndarray:
+    h = np.ones((1, 1))
+    while h.shape[0] < p:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def hadamard_factors(n: int) -> tuple[int, int] | None:
+    """Split ``n = m · 2^k`` with a Paley (or trivial, m = 1) Hadamard matrix of order ``m``.
+
+    Returns ``(m, 2**k)`` with the smallest such ``m``, or ``None`` when no Sylvester × Paley
+    construction exists for ``n``.
+
+    Examples
+    --------
+    >>> hadamard_factors(14336), hadamard_factors(1536), hadamard_factors(576)
+    ((28, 512), (12, 128), (36, 16))
+    >>> hadamard_factors(9) is None
+    True
+    """
+    if n < 1:
+        return None
+    p = n & -n  # largest power of two dividing n
+    m = n // p
+    while True:
+        if m == 1 or _paley_order(m):
+            return m, p
+        if p == 1:
+            return None
+        m, p = m * 2, p // 2
+
+
+def _pow2_factors(p: int) -> list[np.ndarray]:
+    factors = []
+    while p > 1:
+        d = min(p, _MAX_POW2_FACTOR)
+        factors.append(_sylvester(d))
+        p //= d
+    return factors
+
+
+def hadamard_matrix(n: int) -> np.ndarray:
+    """A dense ±1 Hadamard matrix ``H`` of order ``n`` (``H Hᵀ = n I``), float64.
+
+    Built as a Kronecker product of a Paley block and Sylvester blocks; raises ``WfvizError``
+    when no such construction exists for ``n``.
+
+    Examples
+    --------
+    >>> h = hadamard_matrix(12)
+    >>> bool(np.allclose(h @ h.T, 12 * np.eye(12)))
+    True
+    """
+    split = hadamard_factors(n)
+    if split is None:
+        raise WfvizError(f"No Sylvester×Paley Hadamard matrix of order {n} is known here; "
+                         "use the 'hadamard' rotation, which falls back to Hadamard ⊗ Haar.")
+    m, p = split
+    h = _paley(m) if m > 1 else np.ones((1, 1))
+    for f in _pow2_factors(p):
+        h = np.kron(h, f)
+    return h
+
+
+def _haar(n: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+@dataclass(frozen=True, eq=False)
+class Rotation:
+    """An orthogonal ``Q`` of size ``n``, stored in the cheapest exact form.
+
+    Exactly one of ``dense`` (n×n), ``perm`` (a permutation) or ``factors`` + ``signs``
+    (``Q = (F_1 ⊗ … ⊗ F_r)·diag(signs)`` with orthogonal factors) is set; none means identity.
+    Arrays may be numpy or torch; results keep the input's type, device and dtype.
+    """
+
+    name: str
+    label: str
+    n: int
+    dense: np.ndarray | None = None
+    perm: np.ndarray | None = None
+    factors: tuple[np.ndarray, ...] = ()
+    signs: np.ndarray | None = None
+
+    def apply_weight(self, W):
+        """Return ``W Qᵀ`` (each row ``w`` becomes ``Q w``)."""
+        return self._rows(W, transpose=False)
+
+    def unapply_weight(self, Wr):
+        """Return ``Wr Q``, undoing :meth:`apply_weight`."""
+        return self._rows(Wr, transpose=True)
+
+    def apply_sigma(self, S):
+        """Return ``Q S Qᵀ``."""
+        half = self.apply_weight(S)  # S Qᵀ
+        return self.apply_weight(half.T).T
+
+    def matrix(self) -> np.ndarray:
+        """The dense ``Q`` (for small n and tests)."""
+        return self.apply_weight(np.eye(self.n)).T
+
+    def _rows(self, X, *, transpose: bool):
+        is_numpy = isinstance(X, np.ndarray)
+        t = torch.from_numpy(np.asarray(X, dtype=np.float64)) if is_numpy else X
+        if t.shape[-1] != self.n:
+            raise WfvizError(f"The rotation has size {self.n} but the array has {t.shape[-1]} "
+                             "columns; build the rotation for the matrix's size.")
+        out = self._rows_torch(t, transpose)
+        return out.cpu().numpy() if is_numpy else out
+
+    def _rows_torch(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+        def as_t(a):
+            return torch.as_tensor(a, dtype=t.dtype, device=t.device)
+
+        if self.dense is not None:
+            q = as_t(self.dense)
+            return t @ q if transpose else t @ q.T
+        if self.perm is not None:
+            idx = torch.as_tensor(np.argsort(self.perm) if transpose else self.perm,
+                                  device=t.device)
+            return t[..., idx]
+        if not self.factors:
+            return t.clone()
+        signs = as_t(self.signs)
+        x = t if transpose else t * signs
+        lead = x.shape[:-1]
+        dims = [f.shape[0] for f in self.factors]
+        x = x.reshape(*lead, *dims)
+        for axis, f in enumerate(self.factors, start=len(lead)):
+            m = as_t(f)
+            x = (x.movedim(axis, -1) @ (m if transpose else m.T)).movedim(-1, axis)
+        x = x.reshape(*lead, self.n)
+        return x * signs if transpose else x
+
+
+def _hadamard_rotation(n: int, seed: int) -> Rotation:
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=n)
+    split = hadamard_factors(n)
+    if split is not None:
+        m, p = split
+        base = [_paley(m)] if m > 1 else []
+        label = f"hadamard (H_{m}⊗H_{p})" if m > 1 else f"hadamard (H_{p})"
+    else:
+        p = n & -n
+        m = n // p
+        base = [_haar(m, rng) * np.sqrt(m)]
+        label = f"hadamard (fallback: Haar_{m}⊗H_{p}, no Hadamard of order {n})"
+    factors = tuple(f / np.sqrt(f.shape[0]) for f in base + _pow2_factors(p))
+    return Rotation("hadamard", label, n, factors=factors, signs=signs)
+
+
+def _need_sigma(name: str, sigma) -> np.ndarray:
+    if sigma is None:
+        raise WfvizError(f"The '{name}' rotation depends on Σ itself; pass sigma= (the full "
+                         "matrix, or its diagonal for act_order).")
+    return np.asarray(sigma.cpu() if isinstance(sigma, torch.Tensor) else sigma, dtype=np.float64)
+
+
+def get_rotation(name: str, n: int, *, seed: int = 0, sigma=None) -> Rotation:
+    """Build the rotation ``name`` of size ``n``.
+
+    Parameters
+    ----------
+    name : {'identity', 'haar', 'hadamard', 'eigenbasis', 'act_order'}
+    n : int
+        Size of Σ_X (number of weight columns).
+    seed : int
+        Seed for the random rotations (Haar, Hadamard signs).
+    sigma : array, optional
+        Σ_X, needed by 'eigenbasis' (full matrix) and 'act_order' (full matrix or its diagonal).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> S = np.diag([4.0, 1.0, 9.0, 2.0])
+    >>> R = get_rotation("hadamard", 4, seed=0)
+    >>> bool(np.isclose(np.trace(R.apply_sigma(S)), 16.0))
+    True
+    >>> get_rotation("act_order", 4, sigma=S).apply_weight(np.arange(4.0)[None])
+    array([[2., 0., 3., 1.]])
+    """
+    if name not in ROTATIONS:
+        raise WfvizError(f"Unknown rotation '{name}'; choose one of {', '.join(ROTATIONS)}.")
+    if name == "identity":
+        return Rotation("identity", "identity", n)
+    if name == "haar":
+        return Rotation("haar", f"haar (seed {seed})", n,
+                        dense=_haar(n, np.random.default_rng(seed)))
+    if name == "hadamard":
+        return _hadamard_rotation(n, seed)
+    s = _need_sigma(name, sigma)
+    if name == "act_order":
+        diag = s if s.ndim == 1 else np.diag(s)
+        return Rotation("act_order", "act-order (descending diag Σ)", n,
+                        perm=np.argsort(-diag, kind="stable"))
+    if s.ndim != 2:
+        raise WfvizError("The 'eigenbasis' rotation needs the full Σ; with eigenvalues only, "
+                         "the source is already in its eigenbasis.")
+    lam, u = np.linalg.eigh(s)
+    return Rotation("eigenbasis", "eigenbasis (KLT)", n, dense=u[:, np.argsort(-lam)].T.copy())
