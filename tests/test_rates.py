@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from wfviz.errors import WfvizError
+from wfviz.rates import (
+    RATE_METRICS,
+    coded_bits,
+    column_entropy_bits,
+    measure_rate,
+    pooled_entropy_bits,
+    rate_axis_label,
+)
+
+
+def test_entropy_exact_values():
+    codes = np.array([[0, 0, 7], [1, 1, 7], [0, 2, 7], [1, 3, 7]])
+    np.testing.assert_allclose(column_entropy_bits(codes), [1.0, 2.0, 0.0])
+    assert pooled_entropy_bits(np.array([[3, 4], [3, 4]])) == pytest.approx(1.0)
+
+
+def test_entropy_matches_direct_histogram():
+    rng = np.random.default_rng(1)
+    codes = np.round(rng.standard_normal((500, 7)) * rng.uniform(0.5, 20, 7)).astype(int)
+    for j in range(7):
+        _, counts = np.unique(codes[:, j], return_counts=True)
+        p = counts / 500
+        assert column_entropy_bits(codes)[j] == pytest.approx(-(p * np.log2(p)).sum())
+
+
+def test_pooled_exceeds_column_entropy_for_mixed_scales():
+    rng = np.random.default_rng(2)
+    codes = np.round(rng.standard_normal((4000, 2)) * [1.0, 30.0]).astype(int)
+    assert pooled_entropy_bits(codes) > column_entropy_bits(codes).mean() + 0.3
+
+
+def test_coded_bits_round_trip_and_overhead():
+    rng = np.random.default_rng(3)
+    codes = np.round(rng.standard_normal((50_000, 2)) * 3).astype(int)
+    size = coded_bits(codes)
+    entropy_bits = column_entropy_bits(codes).sum() * 50_000
+    assert entropy_bits <= size.payload_bits < entropy_bits * 1.01 + 64
+    assert size.total_bits == pytest.approx(size.payload_bits + size.table_bits)
+    pooled = coded_bits(codes, per_column=False)
+    assert pooled.column_bits.shape == (2,)
+
+
+def test_coded_bits_constant_column():
+    size = coded_bits(np.zeros((100, 1), dtype=int))
+    assert size.payload_bits <= 32  # one symbol: essentially nothing to send
+
+
+def test_measure_rate_side_info_and_metrics():
+    codes = np.array([[0, 5], [1, 5], [0, 5], [1, 5]])
+    rate, cols = measure_rate(codes, "column_entropy", side_info_bits=16.0)
+    assert rate == pytest.approx(0.5 + 2.0)
+    np.testing.assert_allclose(cols, [3.0, 2.0])
+    rate, _ = measure_rate(codes, "pooled_entropy")
+    assert rate == pytest.approx(pooled_entropy_bits(codes))
+    rate, cols = measure_rate(codes, "log_cardinality", levels=16)
+    assert rate == 4.0 and np.all(cols == 4.0)
+    coded, _ = measure_rate(codes, "coded_bits")
+    assert coded > 0.5  # payload plus two code tables
+
+
+def test_torch_codes_accepted():
+    codes = torch.tensor([[0, 1], [1, 1]])
+    np.testing.assert_allclose(column_entropy_bits(codes), [1.0, 0.0])
+
+
+def test_bad_metric_and_missing_levels():
+    with pytest.raises(WfvizError, match="column_entropy"):
+        measure_rate(np.zeros((2, 2), int), "bits")
+    with pytest.raises(WfvizError, match="levels"):
+        measure_rate(np.zeros((2, 2), int), "log_cardinality")
+    with pytest.raises(WfvizError):
+        rate_axis_label("nope")
+
+
+def test_axis_labels_name_every_metric():
+    labels = {rate_axis_label(m) for m in RATE_METRICS}
+    assert len(labels) == len(RATE_METRICS)
+    assert all("bits/weight" in label for label in labels)
