@@ -133,18 +133,22 @@ def coded_bits(codes, *, per_column: bool = True) -> CodedSize:
         lo = int(col.min())
         sym = (col - lo).astype(np.int32)
         counts = np.bincount(sym).astype(np.float64)
-        models.append(Categorical(counts / a, perfect=False))
+        # A one-symbol column is fully described by its table: nothing to encode.
+        models.append(Categorical(counts / a, perfect=False) if counts.size > 1 else None)
         symbols.append(sym)
         tables.append(_table_bits(counts.size, a))
     coder = AnsCoder()
     payload = np.zeros(len(columns))
     for j in range(len(columns) - 1, -1, -1):
+        if models[j] is None:
+            continue
         before = coder.num_bits()
         coder.encode_reverse(symbols[j], models[j])
         payload[j] = coder.num_bits() - before
     decoder = AnsCoder(coder.get_compressed())
     for j, sym in enumerate(symbols):
-        if not np.array_equal(decoder.decode(models[j], sym.size), sym):
+        decoded = np.zeros_like(sym) if models[j] is None else decoder.decode(models[j], sym.size)
+        if not np.array_equal(decoded, sym):
             raise RuntimeError("ANS round trip failed: the decoded codes differ from the input.")
     col_bits = payload + np.asarray(tables)
     if not per_column:
