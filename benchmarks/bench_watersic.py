@@ -17,7 +17,9 @@ Sections (every ratio is measured in this one run):
 3. *Speed end to end* at a = n = 2048, rate 3: ours (search + rescalers) against the reference.
 4. *Gap to the IT limit* at 6 bits (column entropy), a = 4096, n = 512, power-law Σ in the
    identity, Haar and Hadamard bases; default config.
-5. *Rescaler ablation* (``--rescaler-ablation``): column entropy at rates 2, 3, 4, 6, rescalers on
+5. *Precision* (``--precision``): distortion of a float32 pass over a float64 pass at one step,
+   a = n = 1024, three Haar-rotated Σ families, 4/8/10 bits, and what ``"auto"`` picks.
+6. *Rescaler ablation* (``--rescaler-ablation``): column entropy at rates 2, 3, 4, 6, rescalers on
    versus off at the same measured rate (side information charged), i.i.d. Gaussian rows and rows
    with log-normal norms.
 
@@ -135,6 +137,23 @@ def bench_gap(n: int, a: int, rate: float) -> None:
           f"(target <= 0.03)")
 
 
+def bench_precision(n: int) -> None:
+    """Float32 against float64 passes at one step: how much the distortion moves."""
+    for family, params in (("powerlaw", {}), ("exponential", {"rate": 20.0}),
+                           ("ar1", {"rho": 0.999})):
+        sigma = torch.from_numpy(synthetic(family, n, basis="random", **params).matrix)
+        W = torch.randn(n, n, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        prep = prepare_watersic(sigma)
+        gm = math.exp(float(torch.log(torch.diagonal(prep.L)).mean()))
+        for bits in (4, 8, 10):
+            c = 2.0**-bits * math.sqrt(12) * gm
+            d = {dt: _distortion(W, watersic_pass(W, prep, c, dtype=dt).W_hat, sigma)
+                 for dt in (torch.float32, torch.float64)}
+            auto = watersic_pass(W[:1], prep, c).dtype
+            print(f"[precision] a=n={n} {family} ~{bits} bits: D_fp32 / D_fp64 - 1 = "
+                  f"{d[torch.float32] / d[torch.float64] - 1:+.2e}; auto picks {auto}")
+
+
 def bench_rescalers(n: int, rates) -> None:
     W, sigma = _problem(n, n, seed=4)
     row_norms = torch.exp(0.5 * torch.randn(n, 1, generator=torch.Generator().manual_seed(5)))
@@ -165,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-n", type=int, default=1024)
     parser.add_argument("--speed-n", type=int, default=2048)
     parser.add_argument("--rescaler-ablation", action="store_true")
+    parser.add_argument("--precision", action="store_true",
+                        help="float32 against float64 passes on three Σ families")
     parser.add_argument("--ablation-n", type=int, default=2048)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -176,6 +197,8 @@ def main(argv=None) -> int:
     if not args.skip_reference:
         bench_quality(args.quality_n, (2.0, 3.0, 4.0))
         bench_speed(args.speed_n, 3.0)
+    if args.precision:
+        bench_precision(1024)
     if args.rescaler_ablation:
         bench_rescalers(args.ablation_n, (2.0, 3.0, 4.0, 6.0))
     return 0

@@ -33,7 +33,10 @@ def reference_quant(x: torch.Tensor, scale: torch.Tensor, bits: int):
 
 def reference_gptq(W, sigma, bits, *, percdamp=0.01, blocksize=128, act_order=False,
                    groupsize=0, dtype=torch.float64):
-    """Quantize ``W`` (a×n) given ``Σ`` (n×n); returns the signed codes ``q − 2^(bits−1)``.
+    """Quantize ``W`` (a×n) given ``Σ`` (n×n).
+
+    Returns the signed codes ``q − 2^(bits−1)`` and the unrounded values ``w/scale`` they came
+    from (both a×n, original column order), so that a test can tell rounding ties apart.
 
     Steps of the paper: ``H = 2Σ``; dead columns get ``H_ii = 1`` and zero weights; optional
     act-order; damping ``percdamp·mean(diag H)``; ``H⁻¹`` and its upper Cholesky factor;
@@ -62,6 +65,7 @@ def reference_gptq(W, sigma, bits, *, percdamp=0.01, blocksize=128, act_order=Fa
     Hinv = (Hinv + Hinv.T) / 2
     U = torch.linalg.cholesky(Hinv).T.contiguous().to(dtype)  # upper factor: Hinv = Uᵀ U
     Q = torch.zeros((a, n), dtype=torch.int64)
+    X = torch.zeros((a, n), dtype=dtype)
     for i in range(0, n, blocksize):
         end = min(i + blocksize, n)
         W_block_start = W.clone()
@@ -70,6 +74,7 @@ def reference_gptq(W, sigma, bits, *, percdamp=0.01, blocksize=128, act_order=Fa
             if groupsize > 0 and j % groupsize == 0:
                 scale = reference_scale(W_block_start[:, j:j + groupsize], bits)
             q, deq = reference_quant(W[:, j], scale, bits)
+            X[:, j] = W[:, j] / scale
             Q[:, j] = q.to(torch.int64) - 2 ** (bits - 1)
             E[:, j - i] = (W[:, j] - deq) / U[j, j]
             for k in range(j, end):
@@ -78,7 +83,7 @@ def reference_gptq(W, sigma, bits, *, percdamp=0.01, blocksize=128, act_order=Fa
     inverse = [0] * n
     for pos, col in enumerate(perm):
         inverse[col] = pos
-    return Q[:, inverse]
+    return Q[:, inverse], X[:, inverse]
 
 
 def _demo():
@@ -90,7 +95,7 @@ def _demo():
     X = torch.randn(n, 2 * n, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g)
     sigma = X @ X.T / (2 * n)
     for act_order, group in ((False, 0), (True, 0), (False, 32), (True, 64)):
-        ref = reference_gptq(W, sigma, 3, act_order=act_order, groupsize=group)
+        ref, _ = reference_gptq(W, sigma, 3, act_order=act_order, groupsize=group)
         cfg = GPTQConfig(act_order=act_order, group_size=group, precision="float64")
         ours = quantize_gptq(W, sigma, 3, cfg).codes
         print(f"act_order={act_order!s:5} group={group:3}: "

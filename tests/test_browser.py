@@ -9,6 +9,7 @@ machine and fail when the ``CI`` environment variable is set.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1400, "height": 2400}
-TIMEOUT_MS = 60_000  # two shared cores: a cold page with torch imports can take a while
+TIMEOUT_MS = 120_000  # two shared cores: a cold page with torch imports can take a while
 
 pytestmark = pytest.mark.browser
 
@@ -123,10 +124,11 @@ def _wait_idle(page) -> None:
     page.locator(f"{APP}[data-test-script-state='notRunning']").wait_for(state="attached")
 
 
-def _open(page, url: str) -> None:
+def _open(page, url: str, *, plot: bool = True) -> None:
     page.goto(url)
     _wait_idle(page)
-    page.locator(PLOT).first.wait_for()
+    if plot:
+        page.locator(PLOT).first.wait_for()
     _assert_no_exception(page)
 
 
@@ -145,7 +147,11 @@ def _plots(page) -> list[str]:
         "els => els.map(e => e.innerHTML)")
 
 
-def _wait_changed(page, read, before, seconds: float = 60) -> list[str]:
+def _main_text(page) -> str:
+    return page.locator("[data-testid='stMain']").inner_text()
+
+
+def _wait_changed(page, read, before, seconds: float = 60):
     """Poll ``read(page)`` until it differs from ``before`` and the script is idle again."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -162,3 +168,70 @@ def _shoot(page, shot_dir: Path, name: str) -> None:
     page.locator(PLOT).first.wait_for()
     page.wait_for_timeout(500)  # let Plotly finish its transition before the screenshot
     page.screenshot(path=str(shot_dir / name))
+
+
+def _select_option(page, key: str, index: int) -> None:
+    """Pick option ``index`` of the selectbox whose widget key is ``key``."""
+    page.locator(f".st-key-{key} [data-baseweb='select']").click()
+    page.locator("[role='option']").nth(index).click()
+
+
+def test_covariance_upload_changes_metrics(app_page, app_url, shot_dir, tmp_path):
+    _open(app_page, app_url)
+    before = _metrics(app_page)
+    upload = tmp_path / "sigma24.npy"
+    a = np.random.default_rng(7).standard_normal((24, 48))
+    np.save(upload, a @ a.T / 48)
+    app_page.locator(".st-key-src_kind").get_by_text("Upload", exact=True).click()
+    dropzone = app_page.locator(".st-key-src_upload [data-testid='stFileUploaderDropzoneInput']")
+    dropzone.set_input_files(str(upload))
+    after = _wait_changed(app_page, _metrics, before)
+    assert after[0] == "24", after  # the n metric shows the uploaded matrix's size
+    app_page.locator(PLOT).first.wait_for()
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "covariance.png")
+
+
+def test_waterfilling_slider_moves_the_water(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/waterfilling")
+    before, plots = _metrics(app_page), _plots(app_page)
+    app_page.locator(".st-key-wf_rate input[type=range]").focus()
+    for _ in range(10):
+        app_page.keyboard.press("ArrowRight")
+    after = _wait_changed(app_page, _metrics, before)
+    assert after[1] != before[1], (before, after)  # the rate metric
+    assert _plots(app_page) != plots
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "waterfilling.png")
+
+
+def test_layer_stats_heatmap_select(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/layer_stats")
+    plots = _plots(app_page)
+    _select_option(app_page, "ls_heat", 1)
+    _wait_changed(app_page, _plots, plots)
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "layer_stats.png")
+
+
+def test_quantize_run_button_produces_results(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/quantize", plot=False)  # figures may wait for the first run
+    before, plots = _main_text(app_page), _plots(app_page)
+    main = app_page.locator("[data-testid='stMain']")
+    main.get_by_role("button", name=re.compile(r"\brun\b", re.IGNORECASE)).first.click()
+    _wait_changed(app_page, _main_text, before, seconds=240)
+    _wait_changed(app_page, _plots, plots, seconds=240)
+    app_page.locator(PLOT).first.wait_for()
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "quantize.png")
+
+
+def test_learn_next_button_advances(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/learn")
+    before = _main_text(app_page)
+    main = app_page.locator("[data-testid='stMain']")
+    main.get_by_role("button", name=re.compile(r"next", re.IGNORECASE)).first.click()
+    _wait_changed(app_page, _main_text, before)
+    app_page.locator(PLOT).first.wait_for()
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "learn.png")

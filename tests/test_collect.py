@@ -82,7 +82,7 @@ def test_sigma_matches_independent_capture():
     stats = collect_statistics(model, windows, progress=False)
     ref, raw = captured_sigmas(model, windows)
     assert stats.tokens == 300
-    assert sorted(stats.sigmas) == [(b, i) for b in (0, 1) for i in ("qkv", "o", "gate_up", "down")]
+    assert list(stats.sigmas) == [(b, i) for b in (0, 1) for i in ("qkv", "o", "gate_up", "down")]
     for b in (0, 1):
         pre = f"model.layers.{b}."
         # q/k/v and gate/up really read one tensor, so storing it once loses nothing
@@ -99,7 +99,7 @@ def test_sigma_matches_independent_capture():
 def test_inputs_subset_and_hooks_removed():
     model = tiny_model()
     stats = collect_statistics(model, [torch.arange(40)], inputs=("down",), progress=False)
-    assert sorted(stats.sigmas) == [(0, "down"), (1, "down")]
+    assert list(stats.sigmas) == [(0, "down"), (1, "down")]
     assert all(not m._forward_pre_hooks for m in model.modules())
 
 
@@ -145,5 +145,8 @@ def test_cli_collect_bad_input(model_dir, text_file, tmp_path, capsys, change, m
     rc = main(["collect", *[x for kv in args.items() for x in kv]])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("wfviz: error:") and message in err
+    last = err.strip().splitlines()[-1]  # transformers' own load bar may precede it
+    assert last.startswith("wfviz: error:") and message in last and err.count("wfviz:") == 1
+    if "--full-layers" not in change:
+        assert err.count("\n") == 1
     assert not (tmp_path / "o").exists()

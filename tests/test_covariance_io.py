@@ -199,6 +199,21 @@ def test_npz_member_header_is_checked_without_extracting():
         load_covariance(buf.getvalue(), name="huge.npz")
 
 
+def test_npy_header_length_is_bounded_before_numpy_reads_it():
+    data = npy_bytes(np.eye(2))
+    fake = data[:6] + bytes([2, 0]) + struct.pack("<I", 2**31) + data[10:]  # version 2.0 header
+    with pytest.raises(WfvizError, match="header that does not fit"):
+        load_covariance(fake, name="h.npy")
+
+
+def test_npz_member_larger_than_its_header_is_refused():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("sigma.npy", npy_bytes(np.eye(2)) + b"\0" * 2**20)
+    with pytest.raises(WfvizError, match="zip bomb"):
+        load_covariance(buf.getvalue(), name="bomb.npz")
+
+
 def test_truncated_npy():
     data = npy_bytes(np.eye(4))[:-8]
     with pytest.raises(WfvizError, match="truncated"):

@@ -77,6 +77,12 @@ def test_bad_metric_and_missing_levels():
         rate_axis_label("nope")
 
 
+@pytest.mark.parametrize("codes", [np.array([[0.5, 1.0]]), np.zeros((0, 3)), np.zeros((2, 2, 2))])
+def test_bad_codes_rejected(codes):
+    with pytest.raises(WfvizError, match="Codes must"):
+        column_entropy_bits(codes)
+
+
 def test_axis_labels_name_every_metric():
     labels = {rate_axis_label(m) for m in RATE_METRICS}
     assert len(labels) == len(RATE_METRICS)

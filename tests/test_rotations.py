@@ -64,6 +64,7 @@ def test_torch_matches_numpy(name):
     out = rot.apply_weight(torch.from_numpy(w).float())
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), rot.apply_weight(w), atol=1e-5)
+    assert rot.apply_weight(w.astype(np.float32)).dtype == np.float32
 
 
 def test_seeds_are_deterministic_and_distinct():
@@ -74,8 +75,24 @@ def test_seeds_are_deterministic_and_distinct():
                            get_rotation("haar", 8, seed=2).matrix())
 
 
-def test_fallback_is_labelled():
-    assert "fallback" in get_rotation("hadamard", 100, seed=0).label
+@pytest.mark.parametrize("n", [48, 576])
+def test_structured_hadamard_equals_dense(n):
+    rot = get_rotation("hadamard", n, seed=4)
+    dense = hadamard_matrix(n) * rot.signs / np.sqrt(n)
+    np.testing.assert_allclose(rot.matrix(), dense, atol=1e-12)
+    w = np.random.default_rng(0).standard_normal((5, n))
+    np.testing.assert_allclose(rot.apply_weight(w), w @ dense.T, atol=1e-10)
+
+
+@pytest.mark.parametrize("n,mix", [(100, "Haar_5⊗H_20"), (9, "Haar_9,"), (30, "Haar_15⊗H_2")])
+def test_fallback_is_labelled_and_orthogonal(n, mix):
+    rot = get_rotation("hadamard", n, seed=0)
+    assert "fallback" in rot.label and mix in rot.label
+    q = rot.matrix()
+    np.testing.assert_allclose(q @ q.T, np.eye(n), atol=1e-10)
+    sigma = _spd(n, 0)
+    np.testing.assert_allclose(np.linalg.eigvalsh(rot.apply_sigma(sigma)),
+                               np.linalg.eigvalsh(sigma), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["eigenbasis", "act_order"])

@@ -148,6 +148,12 @@ def test_bad_damping(damping):
         rotated_d(cov, "eigenbasis", damping=damping)
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, None])
+def test_bad_haar_seed(seed):
+    with pytest.raises(WfvizError, match="seed"):
+        haar_d([1.0, 2.0], seed=seed)
+
+
 def test_unknown_rotation():
     with pytest.raises(WfvizError, match="identity"):
         rotated_d(synthetic("powerlaw", 4), "givens")

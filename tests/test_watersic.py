@@ -219,7 +219,7 @@ def test_rescaled_output_reconstructs_from_its_scales():
 def test_stored_scales_are_fp16_and_cost_little():
     sigma = _powerlaw_sigma(32, seed=31)
     W = _weights(512, 32, seed=32)
-    exact = quantize_watersic(W, sigma, 5.0, WaterSICConfig(fp16_scales=False))
+    exact = quantize_watersic(W, sigma, 5.0, WaterSICConfig(rescalers=True, fp16_scales=False))
     half = quantize_watersic(W, sigma, 5.0, WaterSICConfig(rescalers=True))
     col = half.scales["column_scale"]
     ref = 2.0 ** math.floor(math.log2(float(col.abs().max())))
@@ -272,6 +272,8 @@ def test_prepared_factor_is_reused_and_checked():
     ({"W": np.ones((4, 4))}, "2-D torch.Tensor"),
     ({"W": torch.ones(4, 5)}, "match"),
     ({"W": torch.full((4, 4), float("nan"))}, "NaN"),
+    ({"W": torch.ones(4, 4, dtype=torch.int64)}, "floating-point"),
+    ({"W": torch.zeros(64, 4)}, "zero in every live column"),
     ({"sigma": -torch.eye(4)}, "zero variance"),
     ({"sigma": torch.tensor([[1.0, 2.0, 0, 0], [2.0, 1.0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])},
      "positive definite"),

@@ -98,8 +98,9 @@ class Bundle:
 
     @property
     def layers(self) -> list[tuple[int, str, int, bool]]:
-        """``(block, input, n, has_full)`` for every stored layer, in manifest order."""
-        return [(e["block"], e["input"], e["n"], e["has_full"]) for e in self.manifest["layers"]]
+        """``(block, input, n, has_full)`` for every stored layer, by block then input."""
+        rows = [(e["block"], e["input"], e["n"], e["has_full"]) for e in self.manifest["layers"]]
+        return sorted(rows, key=lambda r: (r[0], _input_order(r[1]), r[1]))
 
     @property
     def model_label(self) -> str:
@@ -135,7 +136,8 @@ class Bundle:
         return Covariance(
             eigenvalues=lam,
             matrix=matrix,
-            label=f"{self.model_label} · block {entry['block']} · {LAYER_INPUT_NAMES.get(name, name)}",
+            label=(f"{self.model_label} · block {entry['block']} · "
+                   f"{LAYER_INPUT_NAMES.get(name, name)}"),
             source_id=f"bundle:{self.name}/{entry['block']}/{name}",
             notes=tuple(entry.get("notes", ())),
             d_by_rotation={r: arrays[f"d_{r}"] for r in D_ROTATIONS if f"d_{r}" in arrays},
@@ -233,23 +235,6 @@ def _open_bundle(path: Path) -> Bundle:
             f"{BUNDLE_FORMAT_VERSION}; regenerate it with 'wfviz collect'."
         )
     return Bundle(name=path.name, path=path, manifest=manifest)
-
-
-def parse_layer_ref(ref: str) -> tuple[str, int, str]:
-    """Split ``<bundle>/<block>/<input>`` (the part after ``bundle:``).
-
-    Examples
-    --------
-    >>> parse_layer_ref("smollm2-135m-wikitext2/15/down")
-    ('smollm2-135m-wikitext2', 15, 'down')
-    """
-    parts = ref.rsplit("/", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        raise WfvizError(
-            f"Bundle layer '{ref}' must look like <bundle>/<block>/<input>, e.g. "
-            "smollm2-135m-wikitext2/15/down."
-        )
-    return parts[0], int(parts[1]), parts[2]
 
 
 def bundles_summary(bundles: list[Bundle]) -> list[dict]:

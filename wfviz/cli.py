@@ -74,7 +74,37 @@ def _cmd_stats(args) -> int:
 
 
 def _cmd_curve(args) -> int:
-    raise WfvizError("'wfviz curve' is not implemented yet.")
+    from .experiments import sweep, table_to_csv, table_to_text
+    from .sources import resolve_source
+    from .stats import json_safe
+
+    cov = resolve_source(args.source)
+    quiet = args.json or args.csv or not sys.stderr.isatty()
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, file=sys.stderr, desc="wfviz curve", unit="%", leave=False)
+
+    def progress(fraction: float, message: str) -> None:
+        bar.update(round(100 * fraction) - bar.n)
+        bar.set_postfix_str(message)
+
+    try:
+        rows = sweep(cov, methods=args.methods, rotations=args.rotations, rates=args.rates,
+                     rows=args.rows, seed=args.seed, device=args.device,
+                     rate_metric=args.rate_metric, progress=None if quiet else progress,
+                     notice=lambda text: print(f"wfviz: {text}", file=sys.stderr))
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        _print_json(json_safe(rows))
+    elif args.csv:
+        sys.stdout.write(table_to_csv(rows))
+    else:
+        print(table_to_text(rows))
+    return 0
 
 
 def _cmd_collect(args) -> int:

@@ -28,6 +28,7 @@ from .bundles import (
     layer_file,
     rebuild_sigma,
 )
+from .device import resolve_device
 from .errors import WfvizError
 
 LINEAR_INPUT = {
@@ -167,7 +168,8 @@ def collect_statistics(model, windows, *, inputs=LAYER_INPUTS, accumulate_device
             h.remove()
     if tokens == 0:
         raise WfvizError("No tokens were processed; give a longer text or a larger --tokens.")
-    sigmas = {k: (v / tokens).cpu().numpy() for k, v in sorted(sums.items())}
+    order = sorted(sums, key=lambda k: (k[0], LAYER_INPUTS.index(k[1])))
+    sigmas = {k: (sums[k] / tokens).cpu().numpy() for k in order}
     return LayerStatistics(sigmas=sigmas, tokens=tokens)
 
 
@@ -270,7 +272,8 @@ def load_model(model_ref: str, *, gguf_file=None, device="cpu", dtype="float32")
         if gguf_file and not (local / gguf_file).is_file():
             raise WfvizError(f"GGUF file {gguf_file} not found in {local}; check --gguf-file.")
         provenance["files"] = _model_file_hashes(local, gguf_file)
-    elif model_ref.startswith((".", "/", "~")) or os.sep in model_ref.strip("/").replace("/", "", 1):
+    elif model_ref.startswith((".", "/", "~")) or model_ref.count("/") > 1:
+        # a hub id is "name" or "org/name"; anything else was meant as a path
         raise WfvizError(f"Model directory {model_ref} does not exist; pass an existing directory "
                          "or a Hugging Face id with --model.")
     try:
@@ -278,12 +281,14 @@ def load_model(model_ref: str, *, gguf_file=None, device="cpu", dtype="float32")
     except ImportError as exc:
         raise WfvizError("wfviz collect needs transformers, gguf and accelerate; install them "
                          "with: pip install 'wfviz[collect]'.") from exc
+    # the env var only counts if huggingface_hub was not imported yet; local_files_only always
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if local.is_dir():
+        kwargs["local_files_only"] = True
+    source = str(local if local.is_dir() else model_ref)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local if local.is_dir() else model_ref),
-                                                  **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(local if local.is_dir() else model_ref), dtype=_DTYPES[dtype], **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype], **kwargs)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WfvizError(f"Cannot load model '{model_ref}' ({first[:200]}); pass a local model "
@@ -451,7 +456,7 @@ def write_bundle(out, stats: LayerStatistics, *, provenance: dict, full_blocks=(
 def run_collect(*, model, text, tokens, out, gguf_file=None, seq_len=2048, device="auto",
                 dtype="float32", full_layers=(), layers=(), progress=True,
                 command=None) -> Path:
-    """The whole ``wfviz collect`` pipeline: load, tokenize, accumulate, write. Returns the manifest.
+    """Load, tokenize, accumulate, write: the whole ``wfviz collect``; returns the manifest path.
 
     Raises
     ------
@@ -463,7 +468,7 @@ def run_collect(*, model, text, tokens, out, gguf_file=None, seq_len=2048, devic
     if tokens < 1 or seq_len < 1:
         raise WfvizError(f"--tokens and --seq-len must be >= 1, got {tokens} and {seq_len}.")
     text_str, text_info = read_text(text)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     lm, tokenizer, model_info = load_model(model, gguf_file=gguf_file, device=dev, dtype=dtype)
     n_blocks = len(decoder_blocks(lm))
     bad = [b for b in full_layers if not 0 <= b < n_blocks]
@@ -490,19 +495,6 @@ def run_collect(*, model, text, tokens, out, gguf_file=None, seq_len=2048, devic
 def _license_note(model_info: dict, text_info: dict) -> str:
     return (f"Statistics derived from model '{model_info['label']}' (see its license) run on text "
             f"'{text_info['name']}' (WikiText-2: CC BY-SA 3.0 / GFDL when that file is used).")
-
-
-def _resolve_device(device: str) -> torch.device:
-    try:
-        from .device import resolve_device
-    except ImportError:
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            return torch.device(device)
-        except RuntimeError as exc:
-            raise WfvizError(f"Unknown --device '{device}'; use auto, cpu or cuda.") from exc
-    return torch.device(resolve_device(device))
 
 
 def _accumulator_device(model, device: torch.device, inputs, n_blocks: int) -> torch.device:

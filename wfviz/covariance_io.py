@@ -33,6 +33,7 @@ PREFERRED_KEYS = ("sigma", "covariance", "eigenvalues")
 _SYMMETRY_RTOL = 1e-6
 _NEGATIVE_EIG_RTOL = 1e-8
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
+_MAX_NPY_HEADER = 2**16  # numpy itself refuses headers above 10000 bytes by default
 _TORCH_SLACK_BYTES = 64 * 2**20  # pickle, zip directory and small extra tensors of a .pt file
 _SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -169,26 +170,38 @@ def _pick_key(keys: list[str], label: str) -> str:
                      f"named {', '.join(PREFERRED_KEYS)}; rename the one to use.")
 
 
-def _read_npy_header(fp, label: str) -> tuple[tuple, np.dtype, int]:
+def _read_npy_header(fp, size: int, label: str) -> tuple[tuple, np.dtype, int]:
     """Shape, dtype and header length of an .npy stream, without reading the data."""
     version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-    else:
+    if version not in ((1, 0), (2, 0)):
         raise WfvizError(f"{label} uses .npy format version {version}, which wfviz does not "
                          "read; re-save it with numpy.save.")
+    start = fp.tell()
+    # numpy allocates the declared header length before checking it: bound it here first.
+    width = 2 if version == (1, 0) else 4
+    (length,) = struct.unpack("<H" if width == 2 else "<I", fp.read(width).ljust(width, b"\0"))
+    if length > min(_MAX_NPY_HEADER, size - start - width):
+        raise WfvizError(f"{label} declares a {length}-byte .npy header that does not fit the "
+                         "file; it is not a valid .npy file.")
+    fp.seek(start)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
     return shape, dtype, fp.tell()
 
 
-def _checked_npy_header(fp, size: int, max_n: int, label: str) -> None:
-    shape, dtype, offset = _read_npy_header(fp, label)
+def _checked_npy_header(fp, size: int, max_n: int, label: str, *, exact: bool = False) -> None:
+    shape, dtype, offset = _read_npy_header(fp, size, label)
     _dtype_note(dtype, label)
     _check_shape(shape, max_n, label)
-    if size - offset < math.prod(shape) * dtype.itemsize:
+    data_bytes = math.prod(shape) * dtype.itemsize
+    if size - offset < data_bytes:
         raise WfvizError(f"{label} is truncated: its header promises shape {shape} but the data "
                          "is shorter.")
+    if exact and size - offset > data_bytes:
+        raise WfvizError(f"{label} inflates to {size} bytes, more than its header's shape {shape} "
+                         "needs; the archive is corrupt or a zip bomb.")
 
 
 def _load_npy(fp, size: int, max_n: int, label: str) -> tuple[np.ndarray, str]:
@@ -205,7 +218,7 @@ def _load_npz(fp, size: int, max_n: int, label: str) -> tuple[np.ndarray, str]:
         info = members[key]
         item = f"{label}['{key}']" if len(members) > 1 else label
         with zf.open(info) as member:
-            _checked_npy_header(member, info.file_size, max_n, item)
+            _checked_npy_header(member, info.file_size, max_n, item, exact=True)
         with zf.open(info) as member:
             return np.lib.format.read_array(member, allow_pickle=False), item
 

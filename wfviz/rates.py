@@ -51,6 +51,12 @@ def _as_int_array(codes) -> np.ndarray:
     arr = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if arr.ndim == 1:
         arr = arr[:, None]
+    if arr.ndim != 2 or arr.size == 0:
+        raise WfvizError(f"Codes must be a non-empty (a, n) array, got shape {arr.shape}; pass "
+                         "the integer codes of one weight matrix.")
+    if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
+        raise WfvizError("Codes must be integers (grid indices), not reconstructed weights; "
+                         "pass the quantizer's integer codes.")
     return arr.astype(np.int64, copy=False)
 
 

@@ -170,13 +170,19 @@ class Rotation:
         return self.apply_weight(np.eye(self.n)).T
 
     def _rows(self, X, *, transpose: bool):
-        is_numpy = isinstance(X, np.ndarray)
-        t = torch.from_numpy(np.asarray(X, dtype=np.float64)) if is_numpy else X
+        is_numpy = not isinstance(X, torch.Tensor)
+        X = np.asarray(X) if is_numpy else X
+        # Transposed views (apply_sigma passes half.T) make the factor matmuls ~10x slower.
+        t = (torch.from_numpy(np.asarray(X, dtype=np.float64)) if is_numpy else X).contiguous()
         if t.shape[-1] != self.n:
             raise WfvizError(f"The rotation has size {self.n} but the array has {t.shape[-1]} "
                              "columns; build the rotation for the matrix's size.")
         out = self._rows_torch(t, transpose)
-        return out.cpu().numpy() if is_numpy else out
+        if not is_numpy:
+            return out
+        # numpy inputs are rotated in float64 and handed back in their own float precision.
+        kind = X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64
+        return out.numpy().astype(kind, copy=False)
 
     def _rows_torch(self, t: torch.Tensor, transpose: bool) -> torch.Tensor:
         def as_t(a):
@@ -203,21 +209,33 @@ class Rotation:
         return x * signs if transpose else x
 
 
+def _largest_hadamard_divisor(n: int) -> int:
+    """The largest divisor of ``n`` that has a Sylvester × Paley Hadamard matrix (at least 1)."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and hadamard_factors(d) is not None)
+
+
+def _hadamard_factors_normalized(d: int) -> list[np.ndarray]:
+    m, p = hadamard_factors(d)
+    base = [_paley(m)] if m > 1 else []
+    return [f / np.sqrt(f.shape[0]) for f in base + _pow2_factors(p)]
+
+
 def _hadamard_rotation(n: int, seed: int) -> Rotation:
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=n)
     split = hadamard_factors(n)
     if split is not None:
         m, p = split
-        base = [_paley(m)] if m > 1 else []
         label = f"hadamard (H_{m}⊗H_{p})" if m > 1 else f"hadamard (H_{p})"
-    else:
-        p = n & -n
-        m = n // p
-        base = [_haar(m, rng) * np.sqrt(m)]
-        label = f"hadamard (fallback: Haar_{m}⊗H_{p}, no Hadamard of order {n})"
-    factors = tuple(f / np.sqrt(f.shape[0]) for f in base + _pow2_factors(p))
-    return Rotation("hadamard", label, n, factors=factors, signs=signs)
+        return Rotation("hadamard", label, n, factors=tuple(_hadamard_factors_normalized(n)),
+                        signs=signs)
+    # No Hadamard of order n: mix the largest order that exists with a small Haar block, so the
+    # rotation stays orthogonal and as close to Hadamard as n allows.
+    d = _largest_hadamard_divisor(n)
+    mix = f"Haar_{n // d}⊗H_{d}" if d > 1 else f"Haar_{n}"
+    label = f"hadamard (fallback: {mix}, no Hadamard of order {n})"
+    factors = [_haar(n // d, rng)] + _hadamard_factors_normalized(d)
+    return Rotation("hadamard", label, n, factors=tuple(factors), signs=signs)
 
 
 def _need_sigma(name: str, sigma) -> np.ndarray:

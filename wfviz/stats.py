@@ -60,6 +60,8 @@ def haar_d(eigenvalues, *, seed: int = 0, damping: float = 0.0) -> np.ndarray:
     >>> round(float(np.prod(d)), 12)  # the determinant is kept
     1.0
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise WfvizError(f"The seed must be an integer >= 0, got {seed!r}.")
     lam = np.asarray(eigenvalues, dtype=np.float64)
     lam = lam + _check_damping(damping) * float(np.mean(lam))
     g = torch.from_numpy(np.random.default_rng(seed).standard_normal((lam.size, lam.size)))

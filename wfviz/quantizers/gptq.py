@@ -106,12 +106,15 @@ class GPTQPrepared:
         Columns with ``Σ_jj == 0`` (in the original order).
     damping_abs : float
         The absolute damping added to ``diag H``.
+    feedback : float
+        ``max_j ‖U_j,j+1:‖ / U_jj``, how much the error feedback can amplify rounding noise.
     """
 
     U: torch.Tensor
     perm: torch.Tensor | None
     dead: torch.Tensor
     damping_abs: float
+    feedback: float
 
     @property
     def n(self) -> int:
@@ -163,21 +166,62 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     >>> torch.allclose(p.U, torch.eye(3, dtype=torch.float64) / 2**0.5)
     True
     """
-    H = 2.0 * check_sigma(sigma)
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
+    s = check_sigma(sigma)
+    dead = torch.diagonal(s) == 0
     perm = None
-    if act_order:
-        perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
-        H = H[perm][:, perm]
+    if act_order:  # dead columns count as diag H = 1 in the sort, as in the authors' code
+        perm = torch.argsort(torch.where(dead, 0.5, torch.diagonal(s)), descending=True,
+                             stable=True)
+    # With J the order reversal, chol(J H J) = L̃ gives H = R Rᵀ with R = J L̃ J upper, so
+    # H⁻¹ = R⁻ᵀ R⁻¹ and R⁻¹ is the upper Cholesky factor of H⁻¹: one triangular inverse
+    # instead of forming H⁻¹ and factorizing it again (about 5x faster, no explicit inverse).
+    # H is built directly in reversed decision order to hold as few n×n copies as possible.
+    if perm is None:
+        H = s.flip(0, 1)
+    else:
+        rev = perm.flip(0)
+        H = s.index_select(0, rev).index_select(1, rev)
+    H.mul_(2.0)
+    dead_rev = dead.flip(0) if perm is None else dead[perm.flip(0)]
+    H[dead_rev, dead_rev] = 1.0
     damping_abs = float(percdamp) * float(torch.diagonal(H).mean())
     H.diagonal().add_(damping_abs)
     L, info = torch.linalg.cholesky_ex(H)
+    del H
     if int(info) != 0:
         raise WfvizError(f"Σ + damping is not positive definite (percdamp={percdamp}); raise "
                          f"percdamp, e.g. to 0.01 or 0.1.")
-    U = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    return GPTQPrepared(U=U, perm=perm, dead=dead, damping_abs=damping_abs)
+    U = upper_triangular_inverse(L.flip(0, 1))
+    del L
+    diag = torch.diagonal(U)
+    strict = (torch.linalg.vector_norm(U, dim=1) ** 2 - diag**2).clamp_min(0).sqrt()
+    feedback = float((strict / diag).max())
+    return GPTQPrepared(U=U, perm=perm, dead=dead, damping_abs=damping_abs, feedback=feedback)
+
+
+def upper_triangular_inverse(R: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Inverse of an upper-triangular matrix by block back-substitution with GEMMs.
+
+    ``X_ii = R_ii⁻¹`` and ``X_i,>i = −X_ii R_i,>i X_>i,>i`` from the last block row up:
+    about ``2n³/3`` flops in matrix products, 3-5x faster on the CPU than
+    ``torch.linalg.solve_triangular(R, I)`` (a triangular solve with ``n`` right-hand sides).
+
+    Examples
+    --------
+    >>> R = torch.tensor([[2.0, 1.0], [0.0, 4.0]], dtype=torch.float64)
+    >>> upper_triangular_inverse(R, block=1).tolist()
+    [[0.5, -0.125], [0.0, 0.25]]
+    """
+    n = R.shape[0]
+    X = torch.zeros_like(R)
+    for i1 in reversed(range(0, n, block)):
+        i2 = min(i1 + block, n)
+        eye = torch.eye(i2 - i1, dtype=R.dtype, device=R.device)
+        Xii = torch.linalg.solve_triangular(R[i1:i2, i1:i2], eye, upper=True)
+        X[i1:i2, i1:i2] = Xii
+        if i2 < n:
+            X[i1:i2, i2:] = -Xii @ (R[i1:i2, i2:] @ X[i2:, i2:])
+    return X
 
 
 def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
@@ -185,8 +229,8 @@ def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
 
     Examples
     --------
-    >>> sym_scale(torch.tensor([[1.0, -3.0], [0.0, 0.0]]), 4).tolist()
-    [2.0, 0.6666666865348206]
+    >>> sym_scale(torch.tensor([[1.5, -3.0], [0.0, 0.0]], dtype=torch.float64), 5).tolist()
+    [1.5, 0.5]
     """
     m = W.abs().amax(dim=1)
     m = torch.where(m == 0, torch.ones_like(m), m)
@@ -261,7 +305,8 @@ def sic_pass(W: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, *, bounds=No
     return codes_t.T.to(torch.int64), torch.stack(used)
 
 
-def _check_bits(rate) -> int:
+def check_bits(rate) -> int:
+    """The grid bits ``b`` of RTN/GPTQ: a whole number from 1 to 16, else WfvizError."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate != int(rate) \
             or not 1 <= rate <= 16:
         raise WfvizError(f"GPTQ and RTN use a grid of 2^b levels, so the rate must be a whole "
@@ -269,7 +314,8 @@ def _check_bits(rate) -> int:
     return int(rate)
 
 
-def _measure(codes, rate_metric, side_bits, levels):
+def measure_codes(codes, rate_metric, side_bits, levels):
+    """``(rate, column_rates)`` of integer codes under ``rate_metric`` plus side information."""
     from ..rates import RATE_METRICS, measure_rate
 
     if rate_metric not in RATE_METRICS:
@@ -278,7 +324,8 @@ def _measure(codes, rate_metric, side_bits, levels):
     return measure_rate(codes, rate_metric, side_info_bits=side_bits, levels=levels)
 
 
-def _unpermute(x: torch.Tensor, perm) -> torch.Tensor:
+def unpermute_columns(x: torch.Tensor, perm) -> torch.Tensor:
+    """Put columns decided in the order ``perm`` back in their original places."""
     if perm is None:
         return x
     return x[:, torch.argsort(perm)]
@@ -321,7 +368,7 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     check_weights(W)
     a, n = W.shape
     sigma = check_sigma(sigma, n)
-    bits = _check_bits(rate)
+    bits = check_bits(rate)
     levels = 2**bits
     prep = prepared if prepared is not None else prepare_gptq(sigma, config.percdamp,
                                                               config.act_order)
@@ -342,9 +389,9 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
                              block_size=int(config.block_size), cancel=cancel, progress=progress)
     per_column = _column_scales(scales, n, group)
     W_hat = (codes.to(dtype) * per_column).to(W.dtype)
-    codes, W_hat = _unpermute(codes, prep.perm), _unpermute(W_hat, prep.perm)
+    codes, W_hat = unpermute_columns(codes, prep.perm), unpermute_columns(W_hat, prep.perm)
     side = SCALE_BITS * scales.numel() if config.side_info else 0.0
-    measured, column_rates = _measure(codes, rate_metric, side, levels)
+    measured, column_rates = measure_codes(codes, rate_metric, side, levels)
     info = {"bits": bits, "levels": levels, "damping_abs": prep.damping_abs,
             "dead_columns": torch.nonzero(prep.dead).flatten().tolist(),
             "act_order": config.act_order, "group_size": group,

@@ -8,10 +8,13 @@ be entropy coded, so the rate is measured on them (default: per-column empirical
 ``½ log2(AM(d)/GM(d))`` bits above WaterSIC.
 
 The step is searched on ``log2 Δ``: the measured rate falls monotonically (up to sampling
-noise) as ``Δ`` grows, with slope ≈ −1 bit per doubling at high rate. Each search round runs
-*several candidate steps in one SIC pass* by stacking copies of ``W`` with different per-row
-steps (rows are independent in the SIC), which amortizes the per-column loop overhead; several
-target rates are searched together the same way (:func:`quantize_gptq_ec_rates`).
+noise) as ``Δ`` grows, with slope ≈ −1 bit per doubling at high rate. Several target rates
+are searched together (:func:`quantize_gptq_ec_rates`): each round runs one candidate step per
+unfinished target *in one SIC pass*, by stacking copies of ``W`` with different per-row steps
+(rows are independent in the SIC), which amortizes the per-column loop overhead, and every
+evaluated point refines the same rate curve for all targets (secant between bracketing points,
+slope extrapolation outside them). The accepted codes are those of the best evaluated point,
+so no extra pass runs for the answer.
 
 Precision: ``"auto"`` runs the column loop in float32 unless an a-priori bound on float32
 rounding noise in the residual targets, ``2⁻²⁴·√n·(max|W|/Δ + max_j ‖U_j,j+1:‖/U_jj)`` in units
@@ -29,8 +32,16 @@ import torch
 
 from ..errors import WfvizError
 from .base import CancelFn, MethodOutput, ProgressFn
-from .gptq import (SCALE_BITS, GPTQPrepared, _measure, _unpermute, check_sigma, check_weights,
-                   prepare_gptq, sic_pass)
+from .gptq import (
+    SCALE_BITS,
+    GPTQPrepared,
+    check_sigma,
+    check_weights,
+    measure_codes,
+    prepare_gptq,
+    sic_pass,
+    unpermute_columns,
+)
 
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
@@ -42,7 +53,10 @@ class GPTQECConfig:
     Attributes
     ----------
     percdamp : float
-        Relative damping of ``H = 2Σ`` (as GPTQ).
+        Relative damping of ``H = 2Σ``. The default 1e-4 is WaterSIC's, not GPTQ's 0.01, so
+        that the two SIC methods run on the same damped Σ and the measured gap is the
+        ``½ log2(AM(d)/GM(d))`` of the theory (a damping of 0.01 distorts ``d`` of the small
+        eigen-directions and adds its own loss).
     act_order : bool
         Decide the columns in order of descending ``diag Σ``.
     block_size : int
@@ -62,7 +76,7 @@ class GPTQECConfig:
     0.01
     """
 
-    percdamp: float = 0.01
+    percdamp: float = 1e-4
     act_order: bool = False
     block_size: int = 128
     precision: str = "auto"
@@ -93,13 +107,11 @@ def prepare_gptq_ec(sigma: torch.Tensor, config: GPTQECConfig = GPTQECConfig()) 
     return prepare_gptq(sigma, config.percdamp, config.act_order)
 
 
-def _loop_dtype(W: torch.Tensor, U: torch.Tensor, step: float, config: GPTQECConfig):
+def _loop_dtype(W: torch.Tensor, prep: GPTQPrepared, step: float, config: GPTQECConfig):
     if config.precision != "auto":
         return getattr(torch, config.precision)
-    diag = torch.diagonal(U)
-    off = torch.linalg.norm(torch.triu(U, 1), dim=1) / diag
-    bound = _FP32_UNIT_ROUNDOFF * math.sqrt(U.shape[0]) * (
-        float(W.abs().max()) / step + float(off.max()))
+    bound = _FP32_UNIT_ROUNDOFF * math.sqrt(prep.n) * (float(W.abs().max()) / step
+                                                       + prep.feedback)
     return torch.float32 if bound <= config.fp32_noise_limit else torch.float64
 
 
@@ -107,8 +119,8 @@ class _Search:
     """Step search for several targets on one shared curve ``rate(u)``, ``u = log2 Δ``.
 
     Every pass, whatever target it was run for, adds a point of the same decreasing curve, so
-    each target interpolates between the closest points bracketing it, or steps from the
-    closest point with the high-rate slope of −1 bit per doubling of Δ.
+    each target interpolates between the closest points bracketing it, or extrapolates from
+    the closest point with the local slope (−1 bit per doubling of Δ at high rate).
     """
 
     def __init__(self, targets, tol: float, u0: float):
@@ -132,14 +144,19 @@ class _Search:
             return self.u0 + (self.targets[0] - t)
         above = [p for p in self.points if p[1] > t]  # step too small
         below = [p for p in self.points if p[1] <= t]
-        if not below:
-            u, r = max(above)
-            return u + max(r - t, 0.05)
-        if not above:
-            u, r = min(below)
-            return u - max(t - r, 0.05)
-        (u1, r1), (u2, r2) = max(above), min(below)
-        return u1 + (r1 - t) * (u2 - u1) / (r1 - r2) if r1 != r2 else 0.5 * (u1 + u2)
+        if above and below:
+            (u1, r1), (u2, r2) = max(above), min(below)
+            return u1 + (r1 - t) * (u2 - u1) / (r1 - r2) if r1 != r2 else 0.5 * (u1 + u2)
+        u, r = max(above) if above else min(below)
+        return u + (r - t) / self._slope(u)
+
+    def _slope(self, u: float) -> float:
+        """−d rate / d u near ``u`` from the two closest points, kept in [0.3, 1.5]."""
+        near = sorted(self.points, key=lambda p: abs(p[0] - u))[:2]
+        if len(near) < 2 or near[0][0] == near[1][0]:
+            return 1.0
+        slope = (near[0][1] - near[1][1]) / (near[1][0] - near[0][0])
+        return min(max(slope, 0.3), 1.5)
 
 
 def _stored_step(u: float) -> float:
@@ -193,6 +210,9 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
     check_weights(W)
     a, n = W.shape
     sigma = check_sigma(sigma, n)
+    rates = list(rates)
+    if not rates:
+        raise WfvizError("Give at least one target rate.")
     for r in rates:
         _check_target(r, a, n, rate_metric)
     prep = prepared if prepared is not None else prepare_gptq_ec(sigma, config)
@@ -209,14 +229,16 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
         if not todo:
             break
         steps = [_stored_step(u) for u in todo]
-        dtype = _loop_dtype(Wd, U, min(steps), config)
+        dtype = _loop_dtype(Wd, prep, min(steps), config)
+        if U.dtype != dtype:
+            U = U.to(dtype)
         stacked = Wd.to(dtype).repeat(len(todo), 1)
         row_step = torch.tensor(steps, dtype=dtype, device=W.device).repeat_interleave(a)
-        codes, _ = sic_pass(stacked, U.to(dtype), row_step, block_size=int(config.block_size),
+        codes, _ = sic_pass(stacked, U, row_step, block_size=int(config.block_size),
                             cancel=cancel)
         for i, u in enumerate(todo):
-            c = _unpermute(codes[i * a:(i + 1) * a], prep.perm)
-            measured, column_rates = _measure(c, rate_metric, side, None)
+            c = unpermute_columns(codes[i * a:(i + 1) * a], prep.perm)
+            measured, column_rates = measure_codes(c, rate_metric, side, None)
             search.add(u, float(measured), (c, column_rates, str(dtype).removeprefix("torch.")))
         if progress is not None:
             left = sum(not search.done(i) for i in range(len(rates)))

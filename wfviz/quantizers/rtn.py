@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import CancelFn, MethodOutput, ProgressFn
-from .gptq import SCALE_BITS, _check_bits, _measure, check_sigma, check_weights, sym_scale
+from .gptq import SCALE_BITS, check_bits, check_sigma, check_weights, measure_codes, sym_scale
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,20 @@ def quantize_rtn(W: torch.Tensor, sigma: torch.Tensor, rate: float,
 
     Examples
     --------
-    >>> out = quantize_rtn(torch.tensor([[0.9, -0.3, 0.1]]), torch.eye(3), 2)
+    >>> out = quantize_rtn(torch.tensor([[0.9, -0.3, 0.1]]), torch.eye(3), 2, RTNConfig(False))
     >>> out.codes.tolist(), out.rate
-    [[1, -1, 0], 2.0]
+    ([[1, -1, 0]], 2.0)
     """
     check_weights(W)
     check_sigma(sigma, W.shape[1])
-    bits = _check_bits(rate)
+    bits = check_bits(rate)
     levels = 2**bits
     scale = sym_scale(W, levels)
     half = levels // 2
     codes = torch.clamp(torch.round(W / scale[:, None]), -half, half - 1)
     W_hat = codes * scale[:, None]
     side = SCALE_BITS * W.shape[0] if config.side_info else 0.0
-    measured, column_rates = _measure(codes.to(torch.int64), rate_metric, side, levels)
+    measured, column_rates = measure_codes(codes.to(torch.int64), rate_metric, side, levels)
     if progress is not None:
         progress(1.0, f"RTN done: {measured:.4f} bits ({rate_metric})")
     return MethodOutput(W_hat=W_hat, codes=codes.to(torch.int64),

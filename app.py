@@ -1,0 +1,33 @@
+"""wfviz: how bits should be allocated when LLM weights are quantized (Streamlit entry point).
+
+Run with ``streamlit run app.py``. This file is the frame of every page: page config, the shared
+Σ_X source sidebar (``pages/_ui.py``) and the navigation.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run app.py` puts the script's folder on sys.path only for the entry script's
+# directory at start-up; make `pages._ui` importable for AppTest and other launch directories too.
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pages._ui import return_to_deep_link, sidebar_source  # noqa: E402
+
+st.set_page_config(page_title="wfviz", page_icon=":material/water:", layout="wide")
+
+PAGES = [
+    st.Page("pages/covariance.py", title="Covariance", icon=":material/grid_on:", default=True),
+    st.Page("pages/waterfilling.py", title="Waterfilling", icon=":material/water:"),
+    st.Page("pages/quantize.py", title="Quantize: WaterSIC vs GPTQ", icon=":material/compress:"),
+    st.Page("pages/layer_stats.py", title="Layer statistics", icon=":material/table_chart:"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+]
+
+page = st.navigation(PAGES)
+sidebar_source()
+return_to_deep_link()
+page.run()

@@ -1,0 +1,240 @@
+"""Plotly figure builders shared by the pages (numpy in, ``go.Figure`` out, no Streamlit).
+
+Large spectra are thinned before plotting (:func:`plot_index`) so that a slider move at
+n = 14336 sends a few thousand points, not tens of thousands; each figure says so in a caption
+the page shows. Trace names are stable: the tests find traces by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+MAX_BARS = 256
+"""Up to this many coordinates the vessel is drawn as bars, one per coordinate."""
+MAX_POINTS = 2000
+"""Most points per line trace; longer series are thinned by :func:`plot_index`."""
+HEATMAP_SIZE = 256
+"""The Σ heatmap is block-averaged to at most this many rows and columns."""
+
+WATER = "#5aa9e6"
+CODED = "#e07b39"
+INK = "#1b2430"
+_MARGIN = dict(l=70, r=20, t=50, b=50)
+
+
+def plot_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of at most ``max_points`` evenly spread coordinates, always keeping both ends.
+
+    Examples
+    --------
+    >>> plot_index(5, 3).tolist()
+    [0, 2, 4]
+    """
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
+            height: int = 380) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
+                      margin=_MARGIN, legend=dict(x=1, y=1, xanchor="right", yanchor="top",
+                                                  bgcolor="rgba(255,255,255,0.75)"))
+    fig.update_xaxes(title_text=x)
+    # Long y titles (the rate axis says how bits are counted) break before the parenthesis.
+    fig.update_yaxes(title_text=y.replace(" (", "<br>(") if len(y) > 30 else y,
+                     type="log" if log_y else "linear", exponentformat="power")
+    if log_y:
+        _decade_ticks(fig)
+    return fig
+
+
+def _decade_ticks(fig: go.Figure) -> None:
+    """One tick label per decade when the data span more than two decades (less clutter)."""
+    ys = [np.asarray(t.y, dtype=np.float64) for t in fig.data if t.y is not None]
+    ys = [y[y > 0] for y in ys if y.size]
+    ys = [y for y in ys if y.size]
+    if ys and np.log10(max(y.max() for y in ys) / min(y.min() for y in ys)) > 2:
+        fig.update_yaxes(dtick=1)
+
+
+def _positive_floor(values: np.ndarray) -> float:
+    """Half the smallest positive value: where a log axis draws the zeros."""
+    pos = values[values > 0]
+    return float(pos.min()) * 0.5 if pos.size else 1e-12
+
+
+def _zeros_to(values: np.ndarray, floor: float) -> np.ndarray:
+    """``values`` with zeros (and negative round-off) replaced by ``floor`` for a log axis."""
+    return np.where(values > 0, values, floor)
+
+
+def spectrum_figure(eigenvalues: np.ndarray) -> go.Figure:
+    """Eigenvalues λ_1 ≥ … ≥ λ_n of Σ_X on a log axis (zeros clipped to the smallest λ > 0)."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    idx = plot_index(lam.size)
+    y = _zeros_to(lam[idx], _positive_floor(lam))
+    fig = go.Figure(go.Scatter(x=idx + 1, y=y, mode="lines", name="λ_i", line=dict(color=WATER)))
+    return _layout(fig, "Eigenvalue spectrum of Σ_X", "index i (largest first)", "λ_i (log)",
+                   log_y=True)
+
+
+def top_channels(diag: np.ndarray, k: int = 5, *, min_ratio: float = 0.0) -> np.ndarray:
+    """Channels of the ``k`` largest second moments diag Σ, largest first, keeping only those
+    at least ``min_ratio`` × the median.
+
+    Examples
+    --------
+    >>> top_channels(np.array([1.0, 9.0, 3.0]), 2).tolist()
+    [1, 2]
+    >>> top_channels(np.array([1.0, 9.0, 1.0, 1.0]), 2, min_ratio=3).tolist()
+    [1]
+    """
+    diag = np.asarray(diag, dtype=np.float64)
+    k = min(k, diag.size)
+    top = np.argpartition(-diag, k - 1)[:k]
+    top = top[np.argsort(-diag[top])]
+    return top[diag[top] >= min_ratio * np.median(diag)]
+
+
+OUTLIER_RATIO = 3.0
+"""A channel is called an outlier when E[x_j²] is at least this many times the median."""
+
+
+def diagonal_figure(diag: np.ndarray, k: int = 5) -> go.Figure:
+    """diag Σ_X per channel on a log axis, with up to ``k`` outlier channels marked."""
+    diag = np.asarray(diag, dtype=np.float64)
+    floor = _positive_floor(diag)
+    idx = plot_index(diag.size, 4000)
+    top = top_channels(diag, k, min_ratio=OUTLIER_RATIO)
+    fig = go.Figure(go.Scattergl(x=idx, y=_zeros_to(diag[idx], floor), mode="markers",
+                                 marker=dict(size=3, color=WATER), name="E[x_j²]"))
+    fig.add_trace(go.Scatter(x=top, y=_zeros_to(diag[top], floor), mode="markers+text",
+                             text=[str(j) for j in top], textposition="top center",
+                             marker=dict(size=9, color=CODED, symbol="diamond"),
+                             name="top outlier channels"))
+    return _layout(fig, "Diagonal of Σ_X (second moment per input channel)",
+                   "channel j (native order)", "E[x_j²] (log)", log_y=True)
+
+
+def block_average(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> np.ndarray:
+    """Mean of |Σ| over square blocks so that the result is at most ``size × size``.
+
+    Examples
+    --------
+    >>> block_average(np.arange(16.0).reshape(4, 4), 2).tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    a = np.abs(np.asarray(matrix, dtype=np.float64))
+    n = a.shape[0]
+    step = -(-n // size)
+    if step == 1:
+        return a
+    m = -(-n // step)
+    padded = np.full((m * step, m * step), np.nan)
+    padded[:n, :n] = a
+    return np.nanmean(padded.reshape(m, step, m, step), axis=(1, 3))
+
+
+def heatmap_figure(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> go.Figure:
+    """log10 |Σ_ij| as a heatmap, block-averaged to at most ``size × size`` cells."""
+    avg = block_average(matrix, size)
+    step = -(-matrix.shape[0] // avg.shape[0])
+    floor = _positive_floor(avg[np.isfinite(avg)])
+    z = np.log10(_zeros_to(avg, floor))
+    ticks = np.arange(avg.shape[0]) * step
+    fig = go.Figure(go.Heatmap(z=z, x=ticks, y=ticks, colorscale="Viridis", name="log10 |Σ|",
+                               colorbar=dict(title=dict(text="log10 |Σ_ij|"))))
+    fig.update_xaxes(range=[ticks[0] - step / 2, ticks[-1] + step / 2], constrain="domain")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+    title = "|Σ_X| (log colour)" + (f", mean over {step}×{step} blocks" if step > 1 else "")
+    return _layout(fig, title, "channel j", "channel i", height=520)
+
+
+def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) -> go.Figure:
+    """The reverse-waterfilling vessel: sorted σ²λ_i, the water level θ and D_i = min(θ, σ²λ_i).
+
+    Up to :data:`MAX_BARS` coordinates each is a bar; beyond, both parts are step areas over
+    thinned coordinates. Trace ``"σ²λ_i"`` holds the variances, ``"water D_i"`` the distortions;
+    θ is the first layout shape (``y0 == y1 == θ``).
+    """
+    lam = np.sort(np.asarray(variances, dtype=np.float64))[::-1]
+    floor = _positive_floor(lam)
+    water = np.minimum(theta, lam)
+    fig = go.Figure()
+    if lam.size <= MAX_BARS:
+        x = np.arange(1, lam.size + 1)
+        fig.add_trace(go.Bar(x=x, y=_zeros_to(lam, floor), name="σ²λ_i", marker_color=CODED,
+                             opacity=0.55))
+        fig.add_trace(go.Bar(x=x, y=_zeros_to(water, floor), name="water D_i",
+                             marker_color=WATER))
+        fig.update_layout(barmode="overlay", bargap=0.05)
+    else:
+        idx = plot_index(lam.size)
+        for y, name, color in ((lam, "σ²λ_i", CODED), (water, "water D_i", WATER)):
+            fig.add_trace(go.Scatter(x=idx + 1, y=_zeros_to(y[idx], floor), name=name,
+                                     mode="lines", line=dict(shape="hv", color=color, width=1),
+                                     fill="tozeroy"))
+    fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=theta, y1=theta,
+                  line=dict(color=INK, dash="dash", width=2))
+    fig.add_annotation(xref="paper", x=1, y=np.log10(theta) if log_y else theta, yref="y",
+                       text=f"θ = {theta:.3g}", showarrow=False, xanchor="right",
+                       yanchor="bottom", font=dict(color=INK))
+    return _layout(fig, "Reverse waterfilling: water below θ is distortion, the rest is coded",
+                   "coordinate i (eigen-direction, largest first)", "σ²λ_i", log_y=log_y)
+
+
+def rates_figure(rates: np.ndarray, rate_axis: str) -> go.Figure:
+    """Per-coordinate rates R_i = max(0, ½ log2(σ²λ_i/θ)) in the order of decreasing λ."""
+    r = np.sort(np.asarray(rates, dtype=np.float64))[::-1]
+    idx = plot_index(r.size)
+    fig = go.Figure(go.Scatter(x=idx + 1, y=r[idx], mode="lines", name="R_i",
+                               line=dict(shape="hv", color=CODED), fill="tozeroy"))
+    fig.add_hline(y=float(np.mean(r)), line=dict(color=INK, dash="dot"),
+                  annotation_text=f"mean R = {np.mean(r):.3f}", annotation_position="top right")
+    return _layout(fig, "Bits per coordinate R_i", "coordinate i (largest λ first)", rate_axis,
+                   height=320)
+
+
+def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[float, float],
+                    rate_axis: str, highrate: np.ndarray | None = None) -> go.Figure:
+    """D(R) of reverse waterfilling (log y) with the current operating point."""
+    fig = go.Figure(go.Scatter(x=rates, y=distortions, mode="lines", name="D(R), waterfilling",
+                               line=dict(color=WATER, width=3)))
+    if highrate is not None:
+        fig.add_trace(go.Scatter(x=rates, y=highrate, mode="lines", name="σ² GM(λ) 2^(−2R)",
+                                 line=dict(color="#8c8c8c", dash="dot")))
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current (R, D)",
+                             marker=dict(size=12, color=CODED, symbol="circle")))
+    return _layout(fig, "Distortion-rate function", rate_axis, "D per coordinate (log)",
+                   log_y=True, height=320)
+
+
+def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
+    """Cholesky diagonal d_j = Var(X_j | X_<j) per column (log y)."""
+    d = np.asarray(d, dtype=np.float64)
+    idx = plot_index(d.size)
+    fig = go.Figure(go.Scatter(x=idx, y=_zeros_to(d[idx], _positive_floor(d)),
+                               mode="lines", name="d_j", line=dict(color=WATER, width=1)))
+    # Level lines as traces: add_hline's annotation lands at 10**value on a log axis.
+    ends = [0, d.size - 1]
+    fig.add_trace(go.Scatter(x=ends, y=[d.mean()] * 2, mode="lines", name="AM(d)",
+                             line=dict(color=CODED, dash="dash")))
+    if np.all(d > 0):  # with a zero d_j the geometric mean is 0 and the gap unbounded
+        gm = float(np.exp(np.mean(np.log(d))))
+        fig.add_trace(go.Scatter(x=ends, y=[gm] * 2, mode="lines", name="GM(d)",
+                                 line=dict(color=INK, dash="dot")))
+    return _layout(fig, f"Cholesky diagonal d_j, basis: {rotation}", "column j (SIC order)",
+                   "d_j (log)", log_y=True, height=320)
+
+
+def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) -> go.Figure:
+    """WaterSIC's per-column rates (waterfilling over d) against GPTQ's equal rate per column."""
+    r = np.asarray(watersic, dtype=np.float64)
+    idx = plot_index(r.size)
+    fig = go.Figure(go.Scatter(x=idx, y=r[idx], mode="lines", name="WaterSIC R_j",
+                               line=dict(color=CODED, width=1)))
+    fig.add_trace(go.Scatter(x=[0, r.size - 1], y=[gptq_rate, gptq_rate], mode="lines",
+                             name="GPTQ (equal rate)", line=dict(color=INK, dash="dash")))
+    return _layout(fig, "Bits per column", "column j (SIC order)", rate_axis, height=320)

@@ -1,0 +1,98 @@
+"""Covariance page: what the selected Σ_X looks like and what it predicts for GPTQ vs WaterSIC."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages._figures import (
+    OUTLIER_RATIO,
+    diagonal_figure,
+    heatmap_figure,
+    spectrum_figure,
+    top_channels,
+)
+from pages._ui import (
+    ROTATION_NAMES,
+    current_covariance,
+    ensure_frame,
+    requires_full_matrix,
+    show_error,
+    source_caption,
+    stats_for,
+)
+from wfviz.errors import WfvizError
+
+ensure_frame("pages/covariance.py")
+st.title("Covariance Σ_X")
+cov = current_covariance()
+if cov is None:
+    st.stop()
+source_caption(cov)
+
+try:
+    stats = stats_for(cov)
+except WfvizError as exc:
+    show_error(exc)
+    st.stop()
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    return "∞" if not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+cols = st.columns(5)
+cols[0].metric("n (input features)", f"{stats['n']:,}")
+cols[1].metric("condition number", _fmt(stats["condition_number"]),
+               help="λ_max/λ_min; ∞ when Σ_X is singular (λ_min = 0): GPTQ then needs damping.")
+cols[2].metric("effective rank", _fmt(stats["effective_rank"], 4),
+               help="exp of the entropy of λ/Σλ: n for a flat spectrum, 1 for rank one.")
+cols[3].metric("dead features", _fmt(stats["dead_features"]),
+               help="Channels whose E[x_j²] is at most 1e-3 × the median.")
+cols[4].metric("AM/GM of λ", _fmt(stats["am_gm_eigenvalue"], 4),
+               help="1 for a flat spectrum; the GPTQ-vs-WaterSIC gap in the eigenbasis is "
+                    "½ log2 of it.")
+
+st.subheader("Predicted high-rate gap: entropy-coded GPTQ vs WaterSIC")
+st.markdown("GPTQ spends the same rate on every column; WaterSIC waterfills over the Cholesky "
+            "diagonal d. At high rate GPTQ needs this many **more bits per weight** for the same "
+            "distortion. WaterSIC itself sits 0.2546 bit above the rate-distortion limit in "
+            "every basis.")
+st.latex(r"\Delta R = \tfrac12 \log_2 \frac{\mathrm{AM}(d)}{\mathrm{GM}(d)},\qquad "
+         r"d_j = L_{jj}^2,\ \Sigma_X = L L^\top")
+gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g}
+            for r, g in stats["gap_bits"].items()]
+st.dataframe(pd.DataFrame(gap_rows), hide_index=True,
+             column_config={"predicted gap (bits per weight)": st.column_config.NumberColumn(
+                 format="%.3f")})
+missing = [n for n in stats["notes"] if n.startswith("gap_bits[")]
+if missing:
+    st.caption("n/a: the rotation needs the full Σ_X matrix, which this source does not have.")
+
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(spectrum_figure(cov.eigenvalues), width="stretch", key="cov_spectrum")
+    st.caption("A spread of many decades is what makes equal-rate quantization wasteful; "
+               "reverse waterfilling gives the large directions more bits.")
+with right:
+    diag = cov.diag
+    if diag is None:
+        st.info("This source has no diagonal of Σ_X (eigenvalues only).")
+    else:
+        st.plotly_chart(diagonal_figure(diag), width="stretch", key="cov_diagonal")
+        top = top_channels(diag, 5, min_ratio=OUTLIER_RATIO)
+        median = float(np.median(diag))
+        listed = ", ".join(f"{j} ({diag[j] / median:.3g}× median)" for j in top)
+        outliers = (f"Top outlier channels: {listed}." if top.size else
+                    f"No channel reaches {OUTLIER_RATIO:g}× the median second moment.")
+        st.caption(f"{outliers} Outlier channels dominate GPTQ's identity-basis d; rotations "
+                   "spread them over all channels.")
+
+st.subheader("The matrix")
+if requires_full_matrix(cov, "The heatmap"):
+    st.plotly_chart(heatmap_figure(cov.matrix), width="stretch", key="cov_heatmap")
+    st.caption("Bright rows and columns are outlier channels; off-diagonal structure is the "
+               "correlation that the Cholesky (SIC) order exploits.")

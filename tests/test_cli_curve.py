@@ -1,0 +1,44 @@
+"""`wfviz curve`: output formats and one-line errors."""
+
+import json
+
+import pytest
+
+from wfviz.cli import main
+from wfviz.experiments import COLUMNS
+
+SOURCE = "synthetic:powerlaw?n=16&seed=0"
+BASE = ["curve", SOURCE, "--methods", "gptq-ec,gptq", "--rotations", "identity,haar",
+        "--rates", "2,3", "--rows", "256"]
+
+
+def test_json(capsys):
+    assert main(BASE + ["--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert len(rows) == 8 and list(rows[0]) == list(COLUMNS)
+    assert err == ""
+
+
+def test_csv_and_text(capsys):
+    assert main(BASE + ["--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 9
+    assert main(BASE + ["--rate-metric", "pooled_entropy"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].split()[:3] == ["method", "rotation", "target_rate"] and len(text) == 9
+    assert "pooled_entropy" in text[1]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--methods", "awq"], "Unknown method"),
+    (["--rotations", "spin"], "Unknown rotation"),
+    (["--rates", "2,-1"], "positive"),
+    (["--rate-metric", "bits"], "rate metric"),
+    (["--device", "tpu"], "device"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, extra, match):
+    assert main(BASE + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wfviz: error: ") and len(err.strip().splitlines()) == 1
+    assert match in err

@@ -1,0 +1,134 @@
+"""Where torch work runs: device choice, a label for the UI, and the GPU-out-of-memory fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .errors import WfvizError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OOM_NOTICE = "GPU out of memory; fell back to the CPU"
+MPS_NOTICE = "MPS has no float64, so this runs on the CPU"
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:1"``) or ``"mps"`` into a torch device.
+
+    ``"auto"`` picks CUDA if available, else MPS if available, else the CPU.
+
+    Parameters
+    ----------
+    device : str or torch.device
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    WfvizError
+        For an unknown name, or a GPU that is not available.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES or device == "auto:":
+        raise WfvizError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
+    kind = device.split(":")[0]
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise WfvizError("CUDA was requested but no CUDA GPU is available to torch; use "
+                         "--device cpu or auto.")
+    if kind == "mps" and not _mps_available():
+        raise WfvizError("MPS was requested but it is not available; use --device cpu or auto.")
+    return torch.device(device)
+
+
+def device_label(device: str | torch.device = "auto") -> str:
+    """A short human label for where the work runs, e.g. ``"CPU (2 threads)"`` or a GPU name.
+
+    Examples
+    --------
+    >>> device_label("cpu").startswith("CPU (")
+    True
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return "Apple GPU (MPS)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def float64_device(device: torch.device, notice: Callable[[str], None] | None = None):
+    """``device``, or the CPU when it is Apple's MPS, which has no float64 arithmetic.
+
+    The quantizers factorize Σ and measure distortions in float64.
+
+    Examples
+    --------
+    >>> float64_device(torch.device("cpu"))
+    device(type='cpu')
+    """
+    if device.type != "mps":
+        return device
+    if notice is not None:
+        notice(MPS_NOTICE)
+    return torch.device("cpu")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError)
+                                    and "out of memory" in str(exc).lower())
+
+
+def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.device,
+                          notice: Callable[[str], None] | None = None):
+    """Run ``fn(device)``; if a GPU runs out of memory, run ``fn(cpu)`` instead.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes the torch device to compute on.
+    device : torch.device
+        The device to try first; on the CPU no fallback is attempted.
+    notice : callable, optional
+        Called with ``"GPU out of memory; fell back to the CPU"`` when falling back.
+
+    Returns
+    -------
+    Whatever ``fn`` returns.
+
+    Examples
+    --------
+    >>> run_with_oom_fallback(lambda d: d.type, torch.device("cpu"))
+    'cpu'
+    """
+    if device.type == "cpu":
+        return fn(device)
+    try:
+        return fn(device)
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if notice is not None:
+        notice(OOM_NOTICE)
+    return fn(torch.device("cpu"))

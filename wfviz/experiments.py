@@ -1,0 +1,306 @@
+"""Distortion-rate sweeps: methods × rotations × rates on one Σ_X, as a tidy table.
+
+The weights are i.i.d. ``N(0, 1)`` rows (``rows``, ``seed``) unless a ``W`` is given. Each row
+of the table compares the measured distortion with the information-theoretic limit at the
+*measured* rate: ``it_limit`` is the exact reverse-waterfilling distortion of the eigenvalues of
+Σ with the per-entry variance ``σ² = mean(W²)`` (the theory's model is rows i.i.d.
+``N(0, σ² I)``), and ``gap_bits = ½ log2(distortion / it_limit)``.
+
+``predicted_gap_bits`` is the high-rate theory: WaterSIC ``½ log2(2πe/12) ≈ 0.2546`` in every
+basis; entropy-coded GPTQ that plus ``½ log2(AM(d)/GM(d))`` with ``d_j = Var(X_j | X_{j+1..})``
+in the rotated basis, i.e. ``1/U_jj²`` of the GPTQ factor (damped as GPTQ-EC's default, 1e-4).
+That is the Cholesky diagonal of Σ in *reversed* column order, because GPTQ decides the columns
+first to last; its geometric mean is the same as in natural order but its AM is not. For GPTQ
+and RTN, whose rate is a grid's, the same GPTQ-EC formula is given as a reference only (column
+``prediction``).
+
+Work shared across rates: the rotation and the method's Σ-only preparation (Cholesky) are done
+once per rotation, and GPTQ-EC searches all rates together in stacked passes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+
+import numpy as np
+import torch
+
+from .device import float64_device, resolve_device, run_with_oom_fallback
+from .errors import WfvizError
+from .quantize import _as_tensor, make_config, sigma_and_rotation_basis, weighted_error
+from .quantizers import get_method
+from .quantizers.gptq import GPTQPrepared
+from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec, quantize_gptq_ec_rates
+from .theory import WATERSIC_GAP_BITS, gptq_gap_bits, it_distortion
+
+COLUMNS = ("method", "rotation", "target_rate", "rate", "rate_metric", "distortion",
+           "relative_distortion", "it_limit", "gap_bits", "predicted_gap_bits", "prediction",
+           "time_s")
+"""The columns of a sweep table, in order."""
+
+_ENTROPY_METHODS = ("gptq-ec", "watersic")
+
+
+def _names(value, what: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(x).strip() for x in items if str(x).strip()]
+    if not items:
+        raise WfvizError(f"Give at least one {what}.")
+    return items
+
+
+def _check_rates(rates) -> list[float]:
+    out = []
+    for r in _names(rates, "rate"):
+        try:
+            v = float(r)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v > 0):
+            raise WfvizError(f"Rates must be positive numbers of bits, got {r!r}.")
+        out.append(v)
+    return out
+
+
+def _check_args(methods, rotations, rates, rate_metric, rows):
+    from .rates import RATE_METRICS
+    from .rotations import ROTATIONS
+
+    methods, rotations, rates = _names(methods, "method"), _names(rotations, "rotation"), \
+        _check_rates(rates)
+    for m in methods:
+        get_method(m)
+        if m in _ENTROPY_METHODS and rate_metric == "log_cardinality":
+            raise WfvizError(f"{m} has unbounded codes, so its rate cannot be log_cardinality; "
+                             f"use column_entropy, pooled_entropy or coded_bits.")
+        if m not in _ENTROPY_METHODS and any(r != int(r) for r in rates):
+            raise WfvizError(f"{m} uses a grid of 2^b levels, so its rates must be whole bits; "
+                             f"drop it or use whole rates.")
+    for r in rotations:
+        if r not in ROTATIONS:
+            raise WfvizError(f"Unknown rotation {r!r}; use one of {', '.join(ROTATIONS)}.")
+    if rate_metric not in RATE_METRICS:
+        raise WfvizError(f"Unknown rate metric {rate_metric!r}; use one of "
+                         f"{', '.join(RATE_METRICS)}.")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise WfvizError(f"rows must be a positive integer, got {rows!r}.")
+    return methods, rotations, rates
+
+
+def _eigenvalues(sigma, S: torch.Tensor) -> np.ndarray:
+    if hasattr(sigma, "eigenvalues"):
+        return np.asarray(sigma.eigenvalues, dtype=np.float64)
+    return np.clip(torch.linalg.eigvalsh(S).cpu().numpy()[::-1], 0.0, None)
+
+
+def _weights(W, rows: int, n: int, seed: int) -> torch.Tensor:
+    if W is None:
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.randn(rows, n, generator=g, dtype=torch.float64)
+    Wt = _as_tensor(W, "W")
+    if Wt.ndim != 2 or Wt.shape[1] != n or Wt.shape[0] == 0:
+        raise WfvizError(f"W must have shape (a, {n}) to match Σ, got {tuple(Wt.shape)}.")
+    if not bool(torch.isfinite(Wt).all()):
+        raise WfvizError("W must be finite; remove NaN and infinite entries first.")
+    return Wt
+
+
+def _predicted(method: str, d: np.ndarray | None) -> tuple[float, str]:
+    if method == "watersic":
+        return WATERSIC_GAP_BITS, "high-rate theory"
+    gptq = WATERSIC_GAP_BITS + gptq_gap_bits(d) if d is not None else math.nan
+    if method == "gptq-ec":
+        return gptq, "high-rate theory"
+    return gptq, "gptq-ec formula (reference only)"
+
+
+def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
+    """GPTQ's ``d_j = Var(X_j | X_{j+1..})`` of the damped Σ.
+
+    GPTQ decides the columns first to last with the upper Cholesky factor ``U`` of
+    ``H⁻¹ = (2Σ)⁻¹``, so ``d_j = 1/(2 U_jj²)``: the Cholesky diagonal of Σ in *reversed* order,
+    with the same product as ``Var(X_j | X_{<j})`` but a different AM. Taken from GPTQ-EC's
+    prepared factor when there is one; otherwise one Cholesky of the reversed Σ, with the
+    damping added in place to keep the n×n copies to two.
+    """
+    if prep is not None:
+        return (0.5 / torch.diagonal(prep.U) ** 2).cpu().numpy()
+    H = Sr.flip(0, 1)
+    H.diagonal().add_(GPTQECConfig().percdamp * float(torch.diagonal(H).mean()))
+    L, info = torch.linalg.cholesky_ex(H)
+    del H
+    if int(info) != 0:
+        return None
+    return (torch.diagonal(L) ** 2).flip(0).cpu().numpy()
+
+
+def _method_outputs(spec, Wr, Sr, rates, metric, cancel, prep=None):
+    """Yield (rate, MethodOutput, seconds) for one method in one basis, sharing the Σ work."""
+    cfg = make_config(spec.name)
+    start = time.perf_counter()
+    if prep is None and spec.prepare is not None:
+        prep = spec.prepare(Sr, cfg)
+    prep_s = time.perf_counter() - start
+    if spec.name == "gptq-ec":
+        start = time.perf_counter()
+        outs = quantize_gptq_ec_rates(Wr, Sr, rates, cfg, rate_metric=metric, cancel=cancel,
+                                      prepared=prep)
+        each = (prep_s + time.perf_counter() - start) / len(rates)
+        yield from ((r, o, each) for r, o in zip(rates, outs, strict=True))
+        return
+    for r in rates:
+        start = time.perf_counter()
+        rate = int(r) if spec.integer_rates else r
+        out = spec.quantize(Wr, Sr, rate, cfg, rate_metric=metric, cancel=cancel, prepared=prep)
+        yield r, out, prep_s / len(rates) + time.perf_counter() - start
+
+
+def _distortions(Wr: torch.Tensor, Sr: torch.Tensor, outs) -> list[float]:
+    """``tr(E Σ Eᵀ)/(a n)`` of every output, float64, as one stacked matrix product."""
+    E = torch.cat([Wr - o.W_hat.to(torch.float64) for o in outs])
+    per_row = ((E @ Sr) * E).sum(dim=1).reshape(len(outs), -1)
+    return (per_row.sum(dim=1) / Wr.numel()).tolist()
+
+
+def _row(method, rotation, target, out, distortion, energy, lam, variance, d, seconds) -> dict:
+    it = float(it_distortion(lam, out.rate, variance=variance))
+    predicted, kind = _predicted(method, d)
+    return {"method": method, "rotation": rotation, "target_rate": float(target),
+            "rate": float(out.rate), "rate_metric": out.rate_metric,
+            "distortion": distortion, "relative_distortion": distortion / energy,
+            "it_limit": it,
+            "gap_bits": 0.5 * math.log2(distortion / it) if distortion > 0 and it > 0
+            else math.nan,
+            "predicted_gap_bits": predicted, "prediction": kind, "time_s": seconds}
+
+
+def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
+          device: str = "auto", rate_metric: str = "column_entropy", W=None, progress=None,
+          cancel=None, notice=None) -> list[dict]:
+    """Quantize one weight matrix with every method × rotation × rate and tabulate the result.
+
+    Parameters
+    ----------
+    sigma : ndarray, torch.Tensor or Covariance, shape (n, n)
+        Σ_X; an eigenvalues-only Covariance allows the ``haar`` and ``eigenbasis`` rotations.
+    methods, rotations : sequence of str or comma-separated str
+        Names from :data:`wfviz.quantizers.METHODS` and :data:`wfviz.rotations.ROTATIONS`.
+    rates : sequence of float or comma-separated str
+        Target rates (grid bits for ``rtn``/``gptq``, measured bits otherwise).
+    rows : int
+        Rows of the synthetic i.i.d. ``N(0, 1)`` weights (ignored when ``W`` is given).
+    seed : int
+        Seed of the synthetic weights and of random rotations.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; a GPU out of memory falls back to CPU.
+    rate_metric : str
+        How every rate is counted (one metric per table).
+    W : ndarray or torch.Tensor, optional
+        Weights to use instead of synthetic ones, shape ``(a, n)``.
+    progress : callable, optional
+        ``progress(fraction, message)`` after each (rotation, method).
+    cancel : callable, optional
+        ``cancel()`` returning True raises :class:`~wfviz.quantizers.base.Cancelled`.
+    notice : callable, optional
+        Receives one-line notices such as the GPU fallback.
+
+    Returns
+    -------
+    list of dict
+        One row per point with the keys of :data:`COLUMNS`; distortions are per entry and
+        computed in float64 in the rotated basis (equal to the original basis: Q is
+        orthogonal). ``time_s`` includes an equal share of the work shared across rates.
+
+    Examples
+    --------
+    >>> rows = sweep(np.diag([4.0, 2.0, 1.0, 0.5]), methods="gptq-ec,watersic",
+    ...              rotations="identity", rates=[3], rows=512)
+    >>> [r["method"] for r in rows], all(abs(r["rate"] - 3) <= 0.01 for r in rows)
+    (['gptq-ec', 'watersic'], True)
+    """
+    methods, rotations, rates = _check_args(methods, rotations, rates, rate_metric, rows)
+    bases = [sigma_and_rotation_basis(sigma, r) for r in rotations]
+    S = bases[0][0]
+    n = S.shape[0]
+    W64 = _weights(W, rows, n, seed)
+    lam = _eigenvalues(sigma, S)
+    variance = float((W64**2).mean())
+    dev = float64_device(resolve_device(device), notice)
+
+    def run(d: torch.device) -> list[dict]:
+        return _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam,
+                         variance, progress, cancel)
+
+    return run_with_oom_fallback(run, dev, notice)
+
+
+def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
+              progress, cancel) -> list[dict]:
+    from .rotations import get_rotation
+
+    table, total, done = [], len(rotations) * len(methods), 0
+    W = W64.to(dev)
+    for (S, rot_name), label in zip(bases, rotations, strict=True):
+        S = S.to(dev)
+        rot = get_rotation(rot_name, S.shape[0], seed=seed, sigma=S)
+        Wr, Sr = rot.apply_weight(W), rot.apply_sigma(S)
+        del rot  # a dense Q is n×n: free it before the factorizations
+        energy = weighted_error(Wr, Sr)
+        start = time.perf_counter()
+        ec_prep = prepare_gptq_ec(Sr) if "gptq-ec" in methods else None
+        ec_prep_s = time.perf_counter() - start
+        d = _gptq_d(Sr, ec_prep)
+        for m in methods:
+            prep, ec_prep = (ec_prep, None) if m == "gptq-ec" else (None, ec_prep)
+            points = list(_method_outputs(get_method(m), Wr, Sr, rates, metric, cancel, prep))
+            del prep
+            if m == "gptq-ec":
+                points = [(t, o, s + ec_prep_s / len(rates)) for t, o, s in points]
+            dists = _distortions(Wr, Sr, [out for _, out, _ in points])
+            for (target, out, secs), dist in zip(points, dists, strict=True):
+                table.append(_row(m, label, target, out, dist, energy, lam, variance, d, secs))
+            done += 1
+            if progress is not None:
+                progress(done / total, f"{m} on {label} done")
+    return table
+
+
+def table_to_csv(rows: list[dict]) -> str:
+    """The sweep table as CSV text with a header line.
+
+    Examples
+    --------
+    >>> table_to_csv([{"method": "gptq", "rate": 4.0}]).splitlines()
+    ['method,rate', 'gptq,4.0']
+    """
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return str(value)
+
+
+def table_to_text(rows: list[dict], columns=COLUMNS) -> str:
+    """The sweep table as aligned plain text (for the terminal).
+
+    Examples
+    --------
+    >>> print(table_to_text([{"method": "gptq", "rate": 4.0}], ("method", "rate")))
+    method  rate
+    gptq    4.0000
+    """
+    cells = [[str(c) for c in columns]] + [[_cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
