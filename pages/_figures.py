@@ -20,7 +20,7 @@ HEATMAP_SIZE = 256
 WATER = "#5aa9e6"
 CODED = "#e07b39"
 INK = "#1b2430"
-_MARGIN = dict(l=70, r=20, t=50, b=50)
+_MARGIN = dict(l=70, r=20, t=50, b=90)  # the legend sits below the x axis title
 
 
 def plot_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
@@ -37,10 +37,9 @@ def plot_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
-            height: int = 380) -> go.Figure:
+            height: int = 420) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
-                      margin=_MARGIN, legend=dict(x=1, y=1, xanchor="right", yanchor="top",
-                                                  bgcolor="rgba(255,255,255,0.75)"))
+                      margin=_MARGIN, legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
     fig.update_xaxes(title_text=x)
     # Long y titles (the rate axis says how bits are counted) break before the parenthesis.
     fig.update_yaxes(title_text=y.replace(" (", "<br>(") if len(y) > 30 else y,
@@ -172,10 +171,12 @@ def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) ->
         fig.update_layout(barmode="overlay", bargap=0.05)
     else:
         idx = plot_index(lam.size)
-        for y, name, color in ((lam, "σ²λ_i", CODED), (water, "water D_i", WATER)):
+        # Opaque water over a translucent vessel, so the two areas do not blend to grey.
+        for y, name, color, fill in ((lam, "σ²λ_i", CODED, "rgba(224,123,57,0.55)"),
+                                     (water, "water D_i", WATER, WATER)):
             fig.add_trace(go.Scatter(x=idx + 1, y=_zeros_to(y[idx], floor), name=name,
                                      mode="lines", line=dict(shape="hv", color=color, width=1),
-                                     fill="tozeroy"))
+                                     fill="tozeroy", fillcolor=fill))
     fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=theta, y1=theta,
                   line=dict(color=INK, dash="dash", width=2))
     fig.add_annotation(xref="paper", x=1, y=np.log10(theta) if log_y else theta, yref="y",
@@ -194,7 +195,7 @@ def rates_figure(rates: np.ndarray, rate_axis: str) -> go.Figure:
     fig.add_hline(y=float(np.mean(r)), line=dict(color=INK, dash="dot"),
                   annotation_text=f"mean R = {np.mean(r):.3f}", annotation_position="top right")
     return _layout(fig, "Bits per coordinate R_i", "coordinate i (largest λ first)", rate_axis,
-                   height=320)
+                   height=380)
 
 
 def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[float, float],
@@ -208,7 +209,7 @@ def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[flo
     fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current (R, D)",
                              marker=dict(size=12, color=CODED, symbol="circle")))
     return _layout(fig, "Distortion-rate function", rate_axis, "D per coordinate (log)",
-                   log_y=True, height=320)
+                   log_y=True, height=380)
 
 
 def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
@@ -226,7 +227,7 @@ def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=ends, y=[gm] * 2, mode="lines", name="GM(d)",
                                  line=dict(color=INK, dash="dot")))
     return _layout(fig, f"Cholesky diagonal d_j, basis: {rotation}", "column j (SIC order)",
-                   "d_j (log)", log_y=True, height=320)
+                   "d_j (log)", log_y=True, height=380)
 
 
 def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) -> go.Figure:
@@ -237,4 +238,4 @@ def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) 
                                line=dict(color=CODED, width=1)))
     fig.add_trace(go.Scatter(x=[0, r.size - 1], y=[gptq_rate, gptq_rate], mode="lines",
                              name="GPTQ (equal rate)", line=dict(color=INK, dash="dash")))
-    return _layout(fig, "Bits per column", "column j (SIC order)", rate_axis, height=320)
+    return _layout(fig, "Bits per column", "column j (SIC order)", rate_axis, height=380)

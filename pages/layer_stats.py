@@ -30,6 +30,7 @@ CLAIM = ("Ordentlich & Polyanskiy, *High-Rate Quantized Matrix Multiplication II
 GAP_COLUMNS = {"identity": "gap identity", "hadamard": "gap Hadamard", "act_order": "gap act-order",
                "haar": "gap Haar"}
 _FMT3 = st.column_config.NumberColumn(format="%.3f")
+_YES_NO = {True: "yes", False: "no"}
 
 ensure_frame("pages/layer_stats.py")
 st.title("Layer statistics")
@@ -94,7 +95,12 @@ def _bundle_table(name: str, path: str, stamp: float) -> pd.DataFrame:
                     if f"d_{r}" in z.files}
         rows.append({"block": e["block"], "input": e["input"], "full Σ_X": e["has_full"],
                      **_row(lam, diag, gaps, tokens, list(e.get("notes", ())))})
-    return pd.DataFrame(rows)
+    from wfviz.bundles import LAYER_INPUTS
+
+    order = {name: k for k, name in enumerate(LAYER_INPUTS)}
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["block", "input"], key=lambda c: c.map(order) if c.name == "input" else c)
+    return df.reset_index(drop=True)
 
 
 @st.cache_data(max_entries=4, show_spinner="One Haar rotation per layer…")
@@ -128,16 +134,21 @@ def _claim(df: pd.DataFrame, model: str) -> None:
     summary = df.groupby("input", sort=False)[bases].agg(["mean", "max"])
     summary.columns = [f"{b.removeprefix('gap ')} {stat}" for b, stat in summary.columns]
     rotated = "gap Haar" if "gap Haar" in df else "gap Hadamard"
-    within = df.groupby("input", sort=False)[rotated].max() <= CLAIM_BITS
-    summary[f"all ≤ {CLAIM_BITS} bit ({rotated.removeprefix('gap ')})"] = within.map(
-        {True: "yes", False: "no"})
-    st.dataframe(summary, column_config={c: _FMT3 for c in summary.columns
-                                         if not c.startswith("all")})
-    held = [i for i, ok in within.items() if ok]
-    failed = [i for i, ok in within.items() if not ok]
-    verdict = (f"Measured here on **{model}**: the claim's 0.1-bit bound holds after a "
-               f"{rotated.removeprefix('gap ')} rotation for {', '.join(held) or 'no layer type'}")
-    verdict += f" and fails for {', '.join(failed)}." if failed else "."
+    basis = rotated.removeprefix("gap ")
+    means = df.groupby("input", sort=False)[rotated].mean()
+    worst = df.groupby("input", sort=False)[rotated].max()
+    summary[f"mean ≤ {CLAIM_BITS} bit ({basis})"] = (means <= CLAIM_BITS).map(_YES_NO)
+    summary[f"every block ≤ {CLAIM_BITS} bit ({basis})"] = (worst <= CLAIM_BITS).map(_YES_NO)
+    st.dataframe(summary, column_config={c: _FMT3 for c in summary.columns if "≤" not in c})
+    held = [i for i, ok in (means <= CLAIM_BITS).items() if ok]
+    failed = [i for i, ok in (means <= CLAIM_BITS).items() if not ok]
+    verdict = (f"From the measured Σ_X of **{model}**, after a {basis} rotation: the mean "
+               f"predicted gap over blocks is within {CLAIM_BITS} bit for "
+               f"{', '.join(held) or 'no layer type'}")
+    verdict += f" but not for {', '.join(failed)}." if failed else "."
+    top = df.loc[df[rotated].idxmax()]
+    verdict += (f" The worst single layer is block {top['block']} {top['input']} at "
+                f"{top[rotated]:.3f} bit.")
     st.markdown(verdict + " The paper's numbers are for Llama-3-8B, which is not shipped here.")
 
 

@@ -22,9 +22,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("stats", help="summary statistics and predicted gaps of one Σ_X")
-    s.add_argument("source", help="file path, bundle:<name>/<block>/<input>, or synthetic:<family>?n=...")
+    s.add_argument("source",
+                   help="file path, bundle:<name>/<block>/<input>, or synthetic:<family>?n=...")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--damping", type=float, default=0.0, help="relative damping of diag before Cholesky")
+    s.add_argument("--damping", type=float, default=0.0,
+                   help="damping before Cholesky, relative to mean(diag Σ)")
 
     c = sub.add_parser("curve", help="distortion-rate sweep: methods x rotations x rates")
     c.add_argument("source")
@@ -39,7 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
 
-    k = sub.add_parser("collect", help="collect Σ_X of every linear input of a Hugging Face causal LM")
+    k = sub.add_parser("collect",
+                       help="collect Σ_X of every linear input of a Hugging Face causal LM")
     k.add_argument("--model", required=True, help="Hugging Face id or local directory")
     k.add_argument("--gguf-file", default=None)
     k.add_argument("--text", required=True, help="calibration text file")
@@ -48,8 +51,10 @@ def _build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="auto")
     k.add_argument("--dtype", default="float32")
     k.add_argument("--out", required=True)
-    k.add_argument("--full-layers", default="", help="comma-separated block indices to store in full")
-    k.add_argument("--layers", default="", help="restrict to these input names (qkv,o,gate_up,down)")
+    k.add_argument("--full-layers", default="",
+                   help="comma-separated block indices to store in full")
+    k.add_argument("--layers", default="",
+                   help="restrict to these input names (qkv,o,gate_up,down)")
 
     b = sub.add_parser("bundles", help="list the bundles found and their layers")
     b.add_argument("--json", action="store_true")
