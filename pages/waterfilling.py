@@ -57,7 +57,7 @@ def _operating_point(cov: Covariance):
                     help="Fix the bit budget R, or the distortion D you accept.")
     lam = cov.eigenvalues
     if mode == "rate R":
-        rate = st.slider("R (bits per coordinate)", 0.0, 8.0, 2.0, 0.05, key="wf_rate")
+        rate = st.slider("R (bits per coordinate)", 0.0, 8.0, 1.0, 0.05, key="wf_rate")
         return reverse_waterfill(lam, rate=rate)
     rel = st.select_slider("D / mean(σ²λ) (relative distortion)", REL_DISTORTIONS, value=0.01,
                            key="wf_rel_d", format_func=lambda v: f"{v:.3g}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
 SPIKED = "synthetic:spiked?n=256&seed=0&basis=native&n_spikes=4&spike_scale=1000.0"
+if str(ROOT) not in sys.path:  # for `import pages._ui` before app.py has run
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +35,15 @@ def no_pages_folder_mode(monkeypatch):
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init_without_pages_folder)
+
+
+@pytest.fixture
+def spiked_default(monkeypatch):
+    """Make the small spiked Σ_X the default source instead of the shipped n = 1536 layer,
+    whose statistics take seconds to compute and are recomputed for every test."""
+    import pages._ui
+
+    monkeypatch.setattr(pages._ui, "default_source", lambda: SPIKED)
 
 
 def start(src: str | None = None, page: str | None = None) -> AppTest:

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixture)
+from _apptest import (  # noqa: F401  (fixtures: no_pages_folder_mode is autouse, spiked_default)
     SPIKED,
     metric,
     no_pages_folder_mode,
     npy_bytes,
+    spiked_default,
     start,
     write_toy_bundle,
 )
@@ -19,21 +20,23 @@ def toy_bundle(tmp_path, monkeypatch):
     return "toy"
 
 
-def test_default_source_is_in_session_and_url():
+def test_default_source_renders_every_page():
+    from pages._ui import FALLBACK_SOURCE, PREFERRED_LAYER, installed_bundles
+
     at = start()
     src = at.session_state["wfviz_source"]
-    assert src.startswith(("bundle:", "synthetic:"))
-    assert at.query_params["src"] == [src] or at.query_params["src"] == src
+    shipped = [b.name for b in installed_bundles()]
+    if "smollm2-135m-wikitext2" in shipped:
+        block, name = PREFERRED_LAYER
+        assert src == f"bundle:smollm2-135m-wikitext2/{block}/{name}"
+    elif not shipped:
+        assert src == FALLBACK_SOURCE
+    assert at.query_params["src"] in (src, [src])
     assert any("Compute device" in c.value for c in at.sidebar.caption)
-    assert not at.error
-
-
-@pytest.mark.parametrize("page", ["pages/covariance.py", "pages/waterfilling.py",
-                                  "pages/layer_stats.py"])
-def test_every_page_renders_from_default_state(page):
-    at = start(page=page)
-    assert not at.error
-    assert at.title[0].value
+    for page in ("pages/waterfilling.py", "pages/layer_stats.py", "pages/covariance.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error, page
+        assert at.title[0].value
 
 
 def test_query_param_reproduces_a_synthetic_source():
@@ -54,6 +57,7 @@ def test_query_param_reproduces_a_bundle_layer(toy_bundle):
     assert metric(at, "n (input features)") == "16"
 
 
+@pytest.mark.usefixtures("spiked_default")
 def test_bad_query_param_falls_back_with_an_error():
     at = start(src="/etc/passwd.npy")  # never read files named by a link
     assert at.sidebar.error and "not a bundled or synthetic source" in at.sidebar.error[0].value
@@ -63,6 +67,7 @@ def test_bad_query_param_falls_back_with_an_error():
 @pytest.mark.parametrize("src", ["bundle:no-such-bundle/0/down",
                                  "synthetic:spiked?n=16&n_spikes=99",
                                  "synthetic:ar1?n=1", "synthetic:ar1?n=64&rho=7"])
+@pytest.mark.usefixtures("spiked_default")
 def test_unusable_link_sources_fall_back_to_the_default(src):
     at = start(src=src)
     assert at.sidebar.error and at.sidebar.error[0].value.endswith(("instead.", "instead"))

@@ -166,13 +166,15 @@ def _wait_changed(page, read, before, seconds: float = 60):
 def _shoot(page, shot_dir: Path, name: str) -> None:
     _wait_idle(page)
     page.locator(PLOT).first.wait_for()
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.mouse.move(0, 0)  # no focus ring or hover toolbar in the picture
     page.wait_for_timeout(500)  # let Plotly finish its transition before the screenshot
     page.screenshot(path=str(shot_dir / name))
 
 
 def _select_option(page, key: str, index: int) -> None:
     """Pick option ``index`` of the selectbox whose widget key is ``key``."""
-    page.locator(f".st-key-{key} [data-baseweb='select']").click()
+    page.locator(f".st-key-{key} [role='combobox']").click()
     page.locator("[role='option']").nth(index).click()
 
 

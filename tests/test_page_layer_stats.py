@@ -3,11 +3,12 @@ sending a layer to the other pages, and a set of uploaded files."""
 
 import numpy as np
 import pytest
-from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixture)
+from _apptest import (  # noqa: F401  (fixtures: no_pages_folder_mode is autouse, spiked_default)
     array,
     figure,
     no_pages_folder_mode,
     npy_bytes,
+    spiked_default,
     start,
     write_toy_bundle,
 )
@@ -69,6 +70,7 @@ def test_open_a_layer_on_the_covariance_page(toy):
     assert at.selectbox(key="src_block").value == 2
 
 
+@pytest.mark.usefixtures("spiked_default")
 def test_uploaded_files_table_and_bad_file():
     at = start(page=PAGE)
     at.radio(key="ls_kind").set_value("uploaded files").run()
