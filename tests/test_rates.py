@@ -87,3 +87,15 @@ def test_axis_labels_name_every_metric():
     labels = {rate_axis_label(m) for m in RATE_METRICS}
     assert len(labels) == len(RATE_METRICS)
     assert all("bits/weight" in label for label in labels)
+
+
+def test_wide_alphabet_uses_sort_path_with_same_result():
+    rng = np.random.default_rng(4)
+    codes = np.round(rng.standard_normal((300, 3)) * 4).astype(np.int64)
+    wide = codes.copy()
+    wide[0, 0] += 10**9  # forces the sort-based counting
+    np.testing.assert_allclose(column_entropy_bits(wide), column_entropy_bits(codes) + [
+        column_entropy_bits(wide)[0] - column_entropy_bits(codes)[0], 0, 0])
+    _, counts = np.unique(wide[:, 0], return_counts=True)
+    p = counts / 300
+    assert column_entropy_bits(wide)[0] == pytest.approx(-(p * np.log2(p)).sum())

@@ -60,15 +60,25 @@ def _as_int_array(codes) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _column_runs(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of each distinct value per column, and the column each count belongs to."""
+# Above this many histogram cells, counting by sorting beats one big bincount.
+_MAX_HISTOGRAM_CELLS = 1 << 26
+
+
+def _column_counts(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nonzero counts of each value per column, and the column each count belongs to."""
+    n = arr.shape[1]
+    lo = arr.min(axis=0)
+    width = int((arr.max(axis=0) - lo).max()) + 1
+    if width * n <= _MAX_HISTOGRAM_CELLS:
+        # Small alphabets (the usual case): one bincount over (column, code) cells, no sort.
+        cells = np.bincount(((arr - lo) + np.arange(n) * width).ravel(), minlength=width * n)
+        hit = cells > 0
+        return cells[hit], np.nonzero(hit)[0] // width
     s = np.sort(arr, axis=0)
     new = np.ones(s.shape, dtype=bool)
     new[1:] = s[1:] != s[:-1]
-    run_ids = np.cumsum(new.ravel(order="F")) - 1
-    counts = np.bincount(run_ids)
-    owner = np.repeat(np.arange(arr.shape[1]), new.sum(axis=0))
-    return counts, owner
+    counts = np.bincount(np.cumsum(new.ravel(order="F")) - 1)
+    return counts, np.repeat(np.arange(n), new.sum(axis=0))
 
 
 def column_entropy_bits(codes) -> np.ndarray:
@@ -81,7 +91,7 @@ def column_entropy_bits(codes) -> np.ndarray:
     """
     arr = _as_int_array(codes)
     a, n = arr.shape
-    counts, owner = _column_runs(arr)
+    counts, owner = _column_counts(arr)
     plogp = np.bincount(owner, weights=counts * np.log2(counts), minlength=n)
     return np.maximum(np.log2(a) - plogp / a, 0.0)
 
