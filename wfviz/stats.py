@@ -94,8 +94,9 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     distribution of a Haar rotation of ``diag(λ)``) are always computed from the eigenvalues, so
     full and eigenvalues-only sources agree. The Haar sample is seeded here and is not the matrix
     ``wfviz.rotations`` builds for the same seed; for large ``n`` the gap barely depends on the
-    sample. Without the full matrix, a precomputed ``cov.d_by_rotation[rotation]`` is used when
-    present (only undamped), and the basis-dependent rotations raise :class:`WfvizError`.
+    sample. A precomputed undamped ``cov.d_by_rotation[rotation]`` (bundles; Hadamard only for
+    seed 0) is used when present; without it and without the full matrix, the basis-dependent
+    rotations raise :class:`WfvizError`.
 
     Examples
     --------
@@ -106,11 +107,14 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     if rotation not in ROTATIONS:
         raise WfvizError(f"Unknown rotation {rotation!r}; choose one of {', '.join(ROTATIONS)}.")
     damping = _check_damping(damping)
-    if cov.matrix is None and rotation in cov.d_by_rotation:
-        if damping:
-            raise WfvizError(f"{cov.label or 'This Σ_X'} has only an undamped precomputed d for "
-                             f"{rotation}; damping needs the full matrix, so use damping 0.")
+    stored = rotation in cov.d_by_rotation and (rotation != "hadamard" or seed == 0)
+    if stored and not damping:
+        # Bundles store d computed from the exact float64 Σ (Hadamard with seed 0): use it even
+        # when the full matrix is there, since it is exact and saves an n³ factorisation.
         return np.asarray(cov.d_by_rotation[rotation], dtype=np.float64)
+    if cov.matrix is None and stored:
+        raise WfvizError(f"{cov.label or 'This Σ_X'} has only an undamped precomputed d for "
+                         f"{rotation}; damping needs the full matrix, so use damping 0.")
     if rotation == "eigenbasis":
         return _eigenbasis_d(cov.eigenvalues, damping)
     if rotation == "haar":
