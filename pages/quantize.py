@@ -1,0 +1,181 @@
+"""Quantize page: WaterSIC against GPTQ under rotations, live, with the theory lines."""
+
+import numpy as np
+import streamlit as st
+
+from pages._quantize_figures import column_rate_figure, dr_figure, gap_figure
+from pages._ui import (
+    ROTATION_NAMES,
+    cov_key,
+    current_covariance,
+    d_for,
+    ensure_frame,
+    show_error,
+    source_caption,
+)
+from wfviz.device import DEVICES, device_label
+from wfviz.errors import WfvizError
+from wfviz.experiments import sweep, table_to_csv
+from wfviz.quantize import quantize
+from wfviz.quantizers import METHODS
+from wfviz.quantizers.base import Cancelled
+from wfviz.rates import RATE_METRICS, column_entropy_bits, rate_axis_label
+
+RESULTS_KEY = "q_results"
+CANCEL_KEY = "q_cancel_requested"
+SPECTRUM_ONLY = ("haar", "eigenbasis")
+
+ensure_frame("pages/quantize.py")
+st.title("Quantize: WaterSIC vs GPTQ")
+cov = current_covariance()
+if cov is None:
+    st.stop()
+source_caption(cov)
+st.markdown(
+    "Quantize a weight matrix W with rows i.i.d. N(0, 1) (the theory's model) against this Σ_X, "
+    "with every chosen method × rotation × rate, and compare the measured distortion with the "
+    "information-theoretic limit. **gptq-ec** uses one step for all columns (equal rate); "
+    "**watersic** uses the step c/L_jj (waterfilling on the Cholesky diagonal). **gptq** and "
+    "**rtn** are the classic fixed 2^b-level grids.")
+
+
+def _rotation_choices():
+    if cov.is_full:
+        return list(ROTATION_NAMES), []
+    st.info("This source has eigenvalues only, so W can be quantized only where the basis does "
+            "not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, Hadamard "
+            "and act-order depend on the native channels and need the full Σ_X.")
+    return list(SPECTRUM_ONLY), [r for r in ROTATION_NAMES if r not in SPECTRUM_ONLY]
+
+
+def _controls() -> dict | None:
+    rotations, _ = _rotation_choices()
+    with st.form("q_form"):
+        c1, c2 = st.columns(2)
+        methods = c1.multiselect("Methods", list(METHODS), default=["gptq-ec", "watersic"],
+                                 key="q_methods", help="; ".join(f"{k}: {v}"
+                                                               for k, v in METHODS.items()))
+        default_rot = [r for r in ("identity", "haar", "hadamard") if r in rotations]
+        rots = c2.multiselect("Rotations", rotations, default=default_rot or rotations[:1],
+                              key="q_rotations", format_func=lambda r: ROTATION_NAMES[r])
+        c1, c2, c3, c4 = st.columns(4)
+        lo = c1.number_input("Lowest rate", 1.0, 12.0, 2.0, 0.5, key="q_rate_lo")
+        hi = c2.number_input("Highest rate", 1.0, 12.0, 7.0, 0.5, key="q_rate_hi")
+        points = c3.number_input("Rates", 1, 12, 6, 1, key="q_points")
+        rows = c4.number_input("Rows of W", 16, 8192, 256, 16, key="q_rows",
+                               help="Few rows make per-column entropy read low at high rate.")
+        c1, c2, c3 = st.columns(3)
+        seed = c1.number_input("Seed", 0, 2**31 - 1, 0, 1, key="q_seed")
+        device = c2.selectbox("Device", list(DEVICES), key="q_device",
+                              help=f"auto uses a GPU when torch sees one; here: {device_label()}")
+        metric = c3.selectbox("Rate metric", list(RATE_METRICS), key="q_metric",
+                              help="; ".join(f"{k}: {v}" for k, v in RATE_METRICS.items()))
+        run = st.form_submit_button("Run", type="primary", key="q_run")
+    if not run:
+        return None
+    if not methods or not rots:
+        st.error("Pick at least one method and one rotation, then press Run.")
+        return None
+    rates = [round(float(r), 3) for r in np.linspace(lo, max(lo, hi), int(points))]
+    return dict(methods=tuple(methods), rotations=tuple(rots), rates=tuple(rates),
+                rows=int(rows), seed=int(seed), device=device, rate_metric=metric)
+
+
+def _run(settings: dict) -> None:
+    st.session_state[CANCEL_KEY] = False
+    st.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
+        {CANCEL_KEY: True}))
+    with st.status("Quantizing…", expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        notices = []
+
+        def progress(frac, msg):
+            bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
+
+        try:
+            rows = sweep(cov, **settings, progress=progress, notice=notices.append,
+                         cancel=lambda: st.session_state.get(CANCEL_KEY, False))
+        except Cancelled:
+            status.update(label="Cancelled; the previous results are kept.", state="error")
+            return
+        except (WfvizError, MemoryError) as exc:
+            status.update(label="Stopped", state="error")
+            show_error(exc)
+            return
+        for note in notices:
+            st.warning(note)
+        status.update(label=f"Done: {len(rows)} points", state="complete", expanded=False)
+    st.session_state[RESULTS_KEY] = dict(source=cov_key(cov), settings=settings, rows=rows)
+
+
+settings = _controls()
+if settings is not None:
+    _run(settings)
+
+result = st.session_state.get(RESULTS_KEY)
+if not result or result["source"] != cov_key(cov):
+    st.info("Choose the settings and press **Run**. The default (2 methods × 3 rotations × "
+            "6 rates, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
+    st.stop()
+
+rows, settings = result["rows"], result["settings"]
+metric = settings["rate_metric"]
+axis = rate_axis_label(metric)
+d_by_rot = {r: d_for(cov, r, seed=settings["seed"]) for r in settings["rotations"]}
+st.caption(f"Every measured rate on this page is counted as **{metric}** "
+           f"({RATE_METRICS[metric]}); theory lines are in bits per weight of an ideal code. "
+           "W has rows i.i.d. N(0, 1), so σ² = 1. GPTQ/RTN targets are grid bits; their points "
+           "sit at the rate measured by the same metric.")
+
+fig_dr = dr_figure(rows, cov.eigenvalues, d_by_rot, axis)
+st.plotly_chart(fig_dr, width="stretch", key="q_dr")
+fig_gap = gap_figure(rows, d_by_rot, axis)
+st.plotly_chart(fig_gap, width="stretch", key="q_gap")
+st.markdown(
+    "WaterSIC should sit ½·log2(2πe/12) ≈ 0.2546 bit above the limit at high rate in **every** "
+    "basis; entropy-coded GPTQ adds ½·log2(AM(d)/GM(d)), which a random rotation shrinks. "
+    "Below about 4 bits both gaps grow (error feedback of large errors). With few rows the "
+    "per-column entropy of the codes is estimated from few samples and reads low at high rate.")
+
+
+@st.cache_data(max_entries=8, show_spinner="Running WaterSIC once for the per-column view…")
+def _column_view(key: str, rotation: str, rate: float, rows: int, seed: int, metric: str,
+                 _cov) -> tuple[np.ndarray, float]:
+    W = np.random.default_rng(seed).standard_normal((rows, _cov.n))
+    res = quantize(W, _cov, method="watersic", rate=rate, rotation=rotation, seed=seed,
+                   rate_metric=metric if metric != "log_cardinality" else "column_entropy")
+    codes = res.codes.cpu().numpy() if hasattr(res.codes, "cpu") else np.asarray(res.codes)
+    return column_entropy_bits(codes), float(np.mean(column_entropy_bits(codes)))
+
+
+if "watersic" in settings["methods"]:
+    rot = settings["rotations"][0]
+    mid = settings["rates"][len(settings["rates"]) // 2]
+    try:
+        measured, mean_rate = _column_view(cov_key(cov), rot, mid, settings["rows"],
+                                           settings["seed"], metric, cov)
+        d = d_by_rot[rot]
+        gm = np.exp(np.mean(np.log(np.maximum(d, 1e-300))))
+        predicted = np.maximum(0.0, mean_rate + 0.5 * np.log2(np.maximum(d, 1e-300) / gm))
+        st.plotly_chart(column_rate_figure(measured, predicted, rot), width="stretch",
+                        key="q_cols")
+        st.caption(f"WaterSIC at target {mid} bits in the {rot} basis: measured per-column "
+                   "entropy of the integer codes (side info excluded) against the high-rate "
+                   "prediction, clipped at 0 where a column falls below the water.")
+    except (WfvizError, MemoryError) as exc:
+        show_error(exc)
+
+st.subheader("Results")
+st.dataframe(rows, width="stretch", key="q_table")
+c1, c2 = st.columns(2)
+c1.download_button("Download CSV", table_to_csv(rows), file_name="wfviz_sweep.csv",
+                   mime="text/csv", key="q_csv")
+if c2.button("Prepare PNG of the D-R chart", key="q_png_prepare"):
+    try:
+        png = fig_dr.to_image(format="png", width=1200, height=700)
+    except Exception:  # kaleido needs a Chrome; report it in one sentence instead of a trace
+        st.error("PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); "
+                 "install one, or use the camera icon of the chart.")
+    else:
+        c2.download_button("Download PNG", png, file_name="wfviz_dr.png", mime="image/png",
+                           key="q_png")
