@@ -64,7 +64,7 @@ def step_waterfilling():
     st.latex(r"R_i = \max\Big(0, \tfrac12\log_2\frac{\sigma^2\lambda_i}{\theta}\Big),\qquad "
              r"D_i = \min(\theta, \sigma^2\lambda_i)")
     decay = st.slider("spectrum decay λ_i = i^(−α)", 0.0, 3.0, 1.5, 0.1, key="learn_decay")
-    rate = st.slider("rate R (bits per coordinate)", 0.05, 4.0, 1.0, 0.05, key="learn_rate")
+    rate = st.slider("rate R (bits per coordinate)", 0.05, 4.0, 0.5, 0.05, key="learn_rate")
     lam = _spectrum(24, decay)
     sol = reverse_waterfill(lam, rate=rate)
     st.plotly_chart(vessel_figure(lam, float(sol.theta)), width="stretch", key="learn_vessel")

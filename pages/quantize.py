@@ -59,8 +59,8 @@ def _controls() -> dict | None:
         rots = c2.multiselect("Rotations", rotations, default=default_rot or rotations[:1],
                               key="q_rotations", format_func=lambda r: ROTATION_NAMES[r])
         c1, c2, c3, c4 = st.columns(4)
-        lo = c1.number_input("Lowest rate", 1.0, 12.0, 2.0, 0.5, key="q_rate_lo")
-        hi = c2.number_input("Highest rate", 1.0, 12.0, 7.0, 0.5, key="q_rate_hi")
+        lo = c1.number_input("Lowest rate", 1.0, 12.0, 1.0, 0.5, key="q_rate_lo")
+        hi = c2.number_input("Highest rate", 1.0, 12.0, 6.0, 0.5, key="q_rate_hi")
         points = c3.number_input("Rates", 1, 12, 6, 1, key="q_points")
         rows = c4.number_input("Rows of W", 16, 8192, 256, 16, key="q_rows",
                                help="Few rows make per-column entropy read low at high rate.")
@@ -127,6 +127,12 @@ st.caption(f"Every measured rate on this page is counted as **{metric}** "
            "W has rows i.i.d. N(0, 1), so σ² = 1. GPTQ/RTN targets are grid bits; their points "
            "sit at the rate measured by the same metric.")
 
+if metric == "column_entropy" and max(settings["rates"]) > np.log2(settings["rows"]) - 3:
+    st.warning(
+        f"Each column's entropy is estimated from only {settings['rows']} codes. Above about "
+        f"{np.log2(settings['rows']) - 3:.0f} bits that plug-in estimate reads low (its bias is "
+        "about (K−1)/(2·rows·ln 2) bits for K used levels), so high-rate points can even look "
+        "better than the IT limit. Use more rows, or the pooled_entropy metric, for high rates.")
 fig_dr = dr_figure(rows, cov.eigenvalues, d_by_rot, axis)
 st.plotly_chart(fig_dr, width="stretch", key="q_dr")
 fig_gap = gap_figure(rows, d_by_rot, axis)
