@@ -179,7 +179,8 @@ def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) ->
                                      fill="tozeroy", fillcolor=fill))
     fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=theta, y1=theta,
                   line=dict(color=INK, dash="dash", width=2))
-    fig.add_annotation(xref="paper", x=1, y=np.log10(theta) if log_y else theta, yref="y",
+    label_y = np.log10(max(theta, floor)) if log_y else theta  # θ = 0 for an all-zero Σ
+    fig.add_annotation(xref="paper", x=1, y=label_y, yref="y",
                        text=f"θ = {theta:.3g}", showarrow=False, xanchor="right",
                        yanchor="bottom", font=dict(color=INK))
     return _layout(fig, "Reverse waterfilling: water below θ is distortion, the rest is coded",

@@ -85,7 +85,9 @@ with right:
         st.plotly_chart(diagonal_figure(diag), width="stretch", key="cov_diagonal")
         top = top_channels(diag, 5, min_ratio=OUTLIER_RATIO)
         median = float(np.median(diag))
-        listed = ", ".join(f"{j} ({diag[j] / median:.3g}× median)" for j in top)
+        # An all-zero (or mostly zero) diagonal has median 0: name the channels without ratios.
+        listed = ", ".join(f"{j} ({diag[j] / median:.3g}× median)" if median > 0 else str(j)
+                           for j in top)
         outliers = (f"Top outlier channels: {listed}." if top.size else
                     f"No channel reaches {OUTLIER_RATIO:g}× the median second moment.")
         st.caption(f"{outliers} Outlier channels dominate GPTQ's identity-basis d; rotations "

@@ -69,8 +69,9 @@ def _vessel(cov: Covariance, result) -> None:
     cols = st.columns(4)
     cols[0].metric("water level θ", f"{result.theta:.4g}")
     cols[1].metric("rate R", f"{result.rate:.3f} bits")
+    mean_var = max(float(np.mean(cov.eigenvalues)), 1e-300)  # all-zero Σ: avoid 0/0
     cols[2].metric("distortion D", f"{result.distortion:.4g}",
-                   help=f"relative: {result.distortion / np.mean(cov.eigenvalues):.3g}")
+                   help=f"relative: {result.distortion / mean_var:.3g}")
     cols[3].metric("zero-rate coordinates", f"{zero:,} of {cov.n:,}",
                    help="Coordinates below the water: σ²λ_i ≤ θ, they get no bits at all.")
     log_y = st.toggle("log scale", value=True, key="wf_log",
