@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 
 from wfviz.experiments import sweep
 from wfviz.quantizers.gptq import GPTQConfig, prepare_gptq, quantize_gptq
@@ -32,14 +33,6 @@ SWEEP = dict(methods="gptq-ec,watersic", rotations="identity,haar,hadamard",
              rates=[1, 2, 3, 4, 5, 6], rows=256)
 
 
-def _best_of(fn, reps: int = 2) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
 
 def _sigma(n: int) -> torch.Tensor:
     return torch.from_numpy(synthetic("powerlaw", n, seed=0, basis="random").matrix)
@@ -49,15 +42,15 @@ def bench_methods(n: int) -> None:
     S64 = _sigma(n)
     W = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
     S = S64.float()
-    t_mm = _best_of(lambda: (W @ S, S @ S))
-    t_prep = _best_of(lambda: prepare_gptq(S64, 0.01))
-    t_gptq = _best_of(lambda: quantize_gptq(W, S64, 4, rate_metric="log_cardinality"))
+    t_mm = best_of(lambda: (W @ S, S @ S))
+    t_prep = best_of(lambda: prepare_gptq(S64, 0.01))
+    t_gptq = best_of(lambda: quantize_gptq(W, S64, 4, rate_metric="log_cardinality"))
     prep = prepare_gptq(S64, 0.01)
-    t_loop = _best_of(lambda: quantize_gptq(W, S64, 4, prepared=prep))
-    t_act = _best_of(lambda: quantize_gptq(W, S64, 4, GPTQConfig(act_order=True,
+    t_loop = best_of(lambda: quantize_gptq(W, S64, 4, prepared=prep))
+    t_act = best_of(lambda: quantize_gptq(W, S64, 4, GPTQConfig(act_order=True,
                                                                   group_size=128)), 1)
-    t_rtn = _best_of(lambda: quantize_rtn(W, S64, 4))
-    t_ec = _best_of(lambda: quantize_gptq_ec(W, S64, 4.0, rate_metric="pooled_entropy"), 1)
+    t_rtn = best_of(lambda: quantize_rtn(W, S64, 4))
+    t_ec = best_of(lambda: quantize_gptq_ec(W, S64, 4.0, rate_metric="pooled_entropy"), 1)
     print(f"a = n = {n}, {torch.get_num_threads()} threads, float32 loop, float64 factor")
     print(f"  T_mm (W@Σ + Σ@Σ, float32)       {t_mm:8.3f} s   1.00 T_mm")
     for name, t in [("GPTQ 4 bit (factor + loop)", t_gptq), ("  of which factor (float64)", t_prep),

@@ -10,22 +10,14 @@ torch tensors, in the same run, and prints their ratio (< 1 means the structured
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 
 from wfviz.rotations import get_rotation
 
 SHAPES = ((4096, 4096), (256, 14336))
 
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def time_shape(rows: int, n: int, dtype: torch.dtype, repeat: int) -> None:

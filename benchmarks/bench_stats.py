@@ -12,20 +12,12 @@ import argparse
 import time
 
 import numpy as np
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 
 from wfviz.covariance_io import validate_covariance
 from wfviz.sources import synthetic
 from wfviz.stats import layer_stats, rotated_d
 from wfviz.waterfilling import distortion_rate_curve
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

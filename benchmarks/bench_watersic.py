@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 from reference_watersic import reference_watersic  # noqa: E402
 
 from wfviz.quantizers.watersic import (  # noqa: E402
@@ -64,22 +65,14 @@ def _distortion(W, W_hat, sigma) -> float:
     return float(((E @ sigma.to(torch.float64)) * E).sum()) / E.numel()
 
 
-def _best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 def bench_pass(n: int) -> None:
     W, sigma = _problem(n, n)
     prep = prepare_watersic(sigma)
     s32 = sigma.to(torch.float32)
-    t_mm = _best_time(lambda: W @ s32, 3) + _best_time(lambda: s32 @ s32, 3)
+    t_mm = best_of(lambda: W @ s32, 3) + best_of(lambda: s32 @ s32, 3)
     c = 2.0 ** -4 * float(torch.diagonal(prep.L).mean())
-    t_pass = _best_time(lambda: watersic_pass(W, prep, c, dtype=torch.float32), 3)
+    t_pass = best_of(lambda: watersic_pass(W, prep, c, dtype=torch.float32), 3)
     print(f"[pass] a=n={n} float32: T_mm = {t_mm:.3f} s, pass = {t_pass:.3f} s, "
           f"pass / T_mm = {t_pass / t_mm:.2f} (target <= 1.6)")
 
