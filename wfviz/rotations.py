@@ -286,5 +286,5 @@ def get_rotation(name: str, n: int, *, seed: int = 0, sigma=None) -> Rotation:
     if s.ndim != 2:
         raise WfvizError("The 'eigenbasis' rotation needs the full Σ; with eigenvalues only, "
                          "the source is already in its eigenbasis.")
-    lam, u = np.linalg.eigh(s)
+    lam, u = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy(s)))
     return Rotation("eigenbasis", "eigenbasis (KLT)", n, dense=u[:, np.argsort(-lam)].T.copy())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from .covariance import Covariance
 from .covariance_io import DEFAULT_MAX_N, SUPPORTED_EXTENSIONS, load_covariance
@@ -186,7 +187,8 @@ def synthetic(family: str, n: int, *, seed: int = 0, basis: str = "native",
     values = _family_params(family, n, params)
     native = _BUILDERS[family](n, np.random.default_rng(seed), **values)
     off_diagonal = family in ("wishart", "ar1")
-    spectrum = np.linalg.eigvalsh(native) if off_diagonal else np.diag(native)
+    spectrum = (torch.linalg.eigvalsh(torch.from_numpy(native)).numpy() if off_diagonal
+                else np.diag(native))
     matrix = native if basis == "native" else _random_basis(native, seed)
     described = ", ".join(f"{k}={v:g}" for k, v in values.items())
     return Covariance(
