@@ -23,11 +23,12 @@ import time
 import torch
 from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 
+from wfviz.errors import WfvizError
 from wfviz.experiments import sweep
 from wfviz.quantizers.gptq import GPTQConfig, prepare_gptq, quantize_gptq
 from wfviz.quantizers.gptq_ec import quantize_gptq_ec
 from wfviz.quantizers.rtn import quantize_rtn
-from wfviz.sources import synthetic
+from wfviz.sources import resolve_source, synthetic
 
 SWEEP = dict(methods="gptq-ec,watersic", rotations="identity,haar,hadamard",
              rates=[1, 2, 3, 4, 5, 6], rows=256)
@@ -60,8 +61,20 @@ def bench_methods(n: int) -> None:
         print(f"  {name:32s} {t:8.3f} s   {t / t_mm:5.2f} T_mm")
 
 
+REAL_LAYER = "bundle:smollm2-135m-wikitext2/15/down"  # n = 1536: the app's default demo
+
+
+def _sweep_source(n: int):
+    if n == 1536:
+        try:
+            return resolve_source(REAL_LAYER)
+        except WfvizError:  # bundle not installed: a synthetic layer of the same size
+            pass
+    return synthetic("powerlaw", n, seed=0, basis="random")
+
+
 def bench_sweep(n: int) -> None:
-    cov = synthetic("powerlaw", n, seed=0, basis="random")
+    cov = _sweep_source(n)
     sweep(cov, **dict(SWEEP, rates=[3]))  # warm up: imports, thread pools
     start = time.perf_counter()
     rows = sweep(cov, **SWEEP)
@@ -70,7 +83,7 @@ def bench_sweep(n: int) -> None:
     for r in rows:
         per[r["method"]] = per.get(r["method"], 0.0) + r["time_s"]
     parts = ", ".join(f"{m} {t:.2f} s" for m, t in per.items())
-    print(f"sweep n = {n}: {len(rows)} points in {elapsed:.2f} s ({parts})")
+    print(f"sweep {cov.label}: {len(rows)} points in {elapsed:.2f} s ({parts})")
 
 
 def _memory_child(n: int, rotations: str) -> None:
