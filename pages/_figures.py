@@ -50,12 +50,14 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
 
 
 def _decade_ticks(fig: go.Figure) -> None:
-    """One tick label per decade when the data span more than two decades (less clutter)."""
+    """One tick label per decade over more than two decades, else labels at 1, 2 and 5 only
+    (plotly's default labels every digit of a short log range, which bunches up)."""
     ys = [np.asarray(t.y, dtype=np.float64) for t in fig.data if t.y is not None]
     ys = [y[y > 0] for y in ys if y.size]
     ys = [y for y in ys if y.size]
-    if ys and np.log10(max(y.max() for y in ys) / min(y.min() for y in ys)) > 2:
-        fig.update_yaxes(dtick=1)
+    if ys:
+        span = np.log10(max(y.max() for y in ys) / min(y.min() for y in ys))
+        fig.update_yaxes(dtick=1 if span > 2 else "D2")
 
 
 def _positive_floor(values: np.ndarray) -> float:
