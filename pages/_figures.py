@@ -36,8 +36,8 @@ def plot_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
-            height: int = 420) -> go.Figure:
+def style_figure(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
+                 height: int = 420) -> go.Figure:
     fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
                       margin=_MARGIN, legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
     fig.update_xaxes(title_text=x)
@@ -77,8 +77,8 @@ def spectrum_figure(eigenvalues: np.ndarray) -> go.Figure:
     idx = plot_index(lam.size)
     y = _zeros_to(lam[idx], _positive_floor(lam))
     fig = go.Figure(go.Scatter(x=idx + 1, y=y, mode="lines", name="λ_i", line=dict(color=WATER)))
-    return _layout(fig, "Eigenvalue spectrum of Σ_X", "index i (largest first)", "λ_i (log)",
-                   log_y=True)
+    return style_figure(fig, "Eigenvalue spectrum of Σ_X", "index i (largest first)", "λ_i (log)",
+                        log_y=True)
 
 
 def top_channels(diag: np.ndarray, k: int = 5, *, min_ratio: float = 0.0) -> np.ndarray:
@@ -115,8 +115,8 @@ def diagonal_figure(diag: np.ndarray, k: int = 5) -> go.Figure:
                              text=[str(j) for j in top], textposition="top center",
                              marker=dict(size=9, color=CODED, symbol="diamond"),
                              name="top outlier channels"))
-    return _layout(fig, "Diagonal of Σ_X (second moment per input channel)",
-                   "channel j (native order)", "E[x_j²] (log)", log_y=True)
+    return style_figure(fig, "Diagonal of Σ_X (second moment per input channel)",
+                        "channel j (native order)", "E[x_j²] (log)", log_y=True)
 
 
 def block_average(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> np.ndarray:
@@ -150,7 +150,7 @@ def heatmap_figure(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> go.Figure:
     fig.update_xaxes(range=[ticks[0] - step / 2, ticks[-1] + step / 2], constrain="domain")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     title = "|Σ_X| (log colour)" + (f", mean over {step}×{step} blocks" if step > 1 else "")
-    return _layout(fig, title, "channel j", "channel i", height=520)
+    return style_figure(fig, title, "channel j", "channel i", height=520)
 
 
 def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) -> go.Figure:
@@ -185,8 +185,8 @@ def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) ->
     fig.add_annotation(xref="paper", x=1, y=label_y, yref="y",
                        text=f"θ = {theta:.3g}", showarrow=False, xanchor="right",
                        yanchor="bottom", font=dict(color=INK))
-    return _layout(fig, "Reverse waterfilling: water below θ is distortion, the rest is coded",
-                   "coordinate i (eigen-direction, largest first)", "σ²λ_i", log_y=log_y)
+    return style_figure(fig, "Reverse waterfilling: water below θ is distortion, the rest is coded",
+                        "coordinate i (eigen-direction, largest first)", "σ²λ_i", log_y=log_y)
 
 
 def rates_figure(rates: np.ndarray, rate_axis: str) -> go.Figure:
@@ -197,8 +197,8 @@ def rates_figure(rates: np.ndarray, rate_axis: str) -> go.Figure:
                                line=dict(shape="hv", color=CODED), fill="tozeroy"))
     fig.add_hline(y=float(np.mean(r)), line=dict(color=INK, dash="dot"),
                   annotation_text=f"mean R = {np.mean(r):.3f}", annotation_position="top right")
-    return _layout(fig, "Bits per coordinate R_i", "coordinate i (largest λ first)", rate_axis,
-                   height=380)
+    return style_figure(fig, "Bits per coordinate R_i", "coordinate i (largest λ first)", rate_axis,
+                        height=380)
 
 
 def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[float, float],
@@ -211,8 +211,8 @@ def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[flo
                                  line=dict(color="#8c8c8c", dash="dot")))
     fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current (R, D)",
                              marker=dict(size=12, color=CODED, symbol="circle")))
-    return _layout(fig, "Distortion-rate function", rate_axis, "D per coordinate (log)",
-                   log_y=True, height=380)
+    return style_figure(fig, "Distortion-rate function", rate_axis, "D per coordinate (log)",
+                        log_y=True, height=380)
 
 
 def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
@@ -229,8 +229,8 @@ def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
         gm = float(np.exp(np.mean(np.log(d))))
         fig.add_trace(go.Scatter(x=ends, y=[gm] * 2, mode="lines", name="GM(d)",
                                  line=dict(color=INK, dash="dot")))
-    return _layout(fig, f"Cholesky diagonal d_j, basis: {rotation}", "column j (SIC order)",
-                   "d_j (log)", log_y=True, height=380)
+    return style_figure(fig, f"Cholesky diagonal d_j, basis: {rotation}", "column j (SIC order)",
+                        "d_j (log)", log_y=True, height=380)
 
 
 def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) -> go.Figure:
@@ -241,4 +241,4 @@ def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) 
                                line=dict(color=CODED, width=1)))
     fig.add_trace(go.Scatter(x=[0, r.size - 1], y=[gptq_rate, gptq_rate], mode="lines",
                              name="GPTQ (equal rate)", line=dict(color=INK, dash="dash")))
-    return _layout(fig, "Bits per column", "column j (SIC order)", rate_axis, height=380)
+    return style_figure(fig, "Bits per column", "column j (SIC order)", rate_axis, height=380)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from pages._figures import CODED, INK, WATER, _layout
+from pages._figures import CODED, INK, WATER, style_figure
 from wfviz.theory import (
     WATERSIC_GAP_BITS,
     gptq_ec_distortion,
@@ -55,8 +55,8 @@ def dr_figure(rows: list[dict], eigenvalues: np.ndarray, d_by_rotation: dict[str
                                  line=dict(color=_color(rotations, rot),
                                            dash=_DASHES[i % len(_DASHES)], width=1.5)))
     _points(fig, rows, rotations, "distortion")
-    return _layout(fig, "Distortion per weight vs rate: measured points and theory", rate_axis,
-                   "D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n) (log)", log_y=True, height=520)
+    return style_figure(fig, "Distortion per weight vs rate: measured points and theory", rate_axis,
+                        "D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n) (log)", log_y=True, height=520)
 
 
 def gap_figure(rows: list[dict], d_by_rotation: dict[str, np.ndarray],
@@ -76,8 +76,8 @@ def gap_figure(rows: list[dict], d_by_rotation: dict[str, np.ndarray],
                                            dash=_DASHES[i % len(_DASHES)], width=1.5)))
     _points(fig, rows, rotations, "gap_bits")
     fig.add_hline(y=0.0, line=dict(color=INK, width=1))
-    return _layout(fig, "Gap to the information-theoretic limit, ½·log2(D / D_IT(R))", rate_axis,
-                   "gap (bits per weight)", height=460)
+    return style_figure(fig, "Gap to the information-theoretic limit, ½·log2(D / D_IT(R))",
+                        rate_axis, "gap (bits per weight)", height=460)
 
 
 def column_rate_figure(measured: np.ndarray, predicted: np.ndarray, rotation: str) -> go.Figure:
@@ -87,5 +87,5 @@ def column_rate_figure(measured: np.ndarray, predicted: np.ndarray, rotation: st
                                marker=dict(size=4, color=CODED)))
     fig.add_trace(go.Scatter(x=x, y=predicted, mode="lines", name="theory R + ½log2(d_j/GM(d))",
                              line=dict(color=INK, width=1)))
-    return _layout(fig, f"WaterSIC bits per column, basis: {rotation}", "column j",
-                   "bits per weight (per-column entropy of the codes)", height=420)
+    return style_figure(fig, f"WaterSIC bits per column, basis: {rotation}", "column j",
+                        "bits per weight (per-column entropy of the codes)", height=420)

@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._figures import _layout, column_rates_figure, vessel_figure
+from pages._figures import column_rates_figure, style_figure, vessel_figure
 from pages._ui import ROTATION_NAMES, ensure_frame, installed_bundles, select_source
 from wfviz.bundles import LAYER_INPUT_NAMES, LLAMA3_HINT, load_bundle
 from wfviz.rotations import get_rotation
@@ -31,7 +31,7 @@ def _ar1(n: int, rho: float) -> np.ndarray:
 
 def _bars(values, name: str, title: str, y: str, *, log_y: bool = True) -> go.Figure:
     fig = go.Figure(go.Bar(x=np.arange(len(values)), y=values, name=name))
-    return _layout(fig, title, "coordinate / column j", y, log_y=log_y, height=360)
+    return style_figure(fig, title, "coordinate / column j", y, log_y=log_y, height=360)
 
 
 def step_wmse():
@@ -46,7 +46,7 @@ def step_wmse():
     thetas = np.deg2rad(np.arange(181))
     dirs = np.stack([np.cos(thetas), np.sin(thetas)])
     damage = np.einsum("in,ij,jn->n", dirs, sigma, dirs)
-    fig = _layout(go.Figure(go.Scatter(x=np.arange(181), y=damage, mode="lines",
+    fig = style_figure(go.Figure(go.Scatter(x=np.arange(181), y=damage, mode="lines",
                                        name="eᵀΣe for ‖e‖ = 1")),
                   "Same error size, different damage", "direction (degrees)", "eᵀ Σ_X e",
                   height=340)

@@ -39,17 +39,17 @@ st.markdown(
     "**rtn** are the classic fixed 2^b-level grids.")
 
 
-def _rotation_choices():
+def _rotation_choices() -> list[str]:
     if cov.is_full:
-        return list(ROTATION_NAMES), []
+        return list(ROTATION_NAMES)
     st.info("This source has eigenvalues only, so W can be quantized only where the basis does "
             "not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, Hadamard "
             "and act-order depend on the native channels and need the full Σ_X.")
-    return list(SPECTRUM_ONLY), [r for r in ROTATION_NAMES if r not in SPECTRUM_ONLY]
+    return list(SPECTRUM_ONLY)
 
 
 def _controls() -> dict | None:
-    rotations, _ = _rotation_choices()
+    rotations = _rotation_choices()
     with st.form("q_form"):
         c1, c2 = st.columns(2)
         methods = c1.multiselect("Methods", list(METHODS), default=["gptq-ec", "watersic"],
@@ -145,21 +145,21 @@ st.markdown(
 
 
 @st.cache_data(max_entries=8, show_spinner="Running WaterSIC once for the per-column view…")
-def _column_view(key: str, rotation: str, rate: float, rows: int, seed: int, metric: str,
-                 _cov) -> tuple[np.ndarray, float]:
+def _column_entropies(key: str, rotation: str, rate: float, rows: int, seed: int, metric: str,
+                      _cov) -> np.ndarray:
     W = np.random.default_rng(seed).standard_normal((rows, _cov.n))
     res = quantize(W, _cov, method="watersic", rate=rate, rotation=rotation, seed=seed,
                    rate_metric=metric if metric != "log_cardinality" else "column_entropy")
-    codes = res.codes.cpu().numpy() if hasattr(res.codes, "cpu") else np.asarray(res.codes)
-    return column_entropy_bits(codes), float(np.mean(column_entropy_bits(codes)))
+    return column_entropy_bits(res.codes)
 
 
 if "watersic" in settings["methods"]:
     rot = settings["rotations"][0]
     mid = settings["rates"][len(settings["rates"]) // 2]
     try:
-        measured, mean_rate = _column_view(cov_key(cov), rot, mid, settings["rows"],
-                                           settings["seed"], metric, cov)
+        measured = _column_entropies(cov_key(cov), rot, mid, settings["rows"],
+                                     settings["seed"], metric, cov)
+        mean_rate = float(measured.mean())
         d = d_by_rot[rot]
         gm = np.exp(np.mean(np.log(np.maximum(d, 1e-300))))
         predicted = np.maximum(0.0, mean_rate + 0.5 * np.log2(np.maximum(d, 1e-300) / gm))
