@@ -15,7 +15,8 @@ and RTN, whose rate is a grid's, the same GPTQ-EC formula is given as a referenc
 ``prediction``).
 
 Work shared across rates: the rotation and the method's Σ-only preparation (Cholesky) are done
-once per rotation, and GPTQ-EC searches all rates together in stacked passes.
+once per rotation, and the entropy-coded methods (GPTQ-EC, WaterSIC) search all rates
+together in stacked passes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .errors import WfvizError
 from .quantize import _as_tensor, make_config, sigma_and_rotation_basis, weighted_error
 from .quantizers import get_method
 from .quantizers.gptq import GPTQPrepared
-from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec, quantize_gptq_ec_rates
+from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
 from .theory import WATERSIC_GAP_BITS, gptq_gap_bits, it_distortion
 
 COLUMNS = ("method", "rotation", "target_rate", "rate", "rate_metric", "distortion",
@@ -144,10 +145,10 @@ def _method_outputs(spec, Wr, Sr, rates, metric, cancel, prep=None):
     if prep is None and spec.prepare is not None:
         prep = spec.prepare(Sr, cfg)
     prep_s = time.perf_counter() - start
-    if spec.name == "gptq-ec":
+    if spec.quantize_rates is not None:
         start = time.perf_counter()
-        outs = quantize_gptq_ec_rates(Wr, Sr, rates, cfg, rate_metric=metric, cancel=cancel,
-                                      prepared=prep)
+        outs = spec.quantize_rates(Wr, Sr, rates, cfg, rate_metric=metric, cancel=cancel,
+                                   prepared=prep)
         each = (prep_s + time.perf_counter() - start) / len(rates)
         yield from ((r, o, each) for r, o in zip(rates, outs, strict=True))
         return

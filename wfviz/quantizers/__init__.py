@@ -43,6 +43,9 @@ class MethodSpec:
         The rate metric used when the caller gives none.
     integer_rates : bool
         The rate is a whole number of grid bits (RTN, GPTQ) rather than a measured target.
+    quantize_rates : callable or None
+        ``quantize_rates(W, sigma, rates, config, *, ...)`` → one output per rate, searched
+        together in stacked passes (the entropy-coded methods), or None.
     """
 
     name: str
@@ -51,6 +54,7 @@ class MethodSpec:
     prepare: Callable | None
     default_metric: str
     integer_rates: bool
+    quantize_rates: Callable | None = None
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -62,10 +66,15 @@ def _prepare_gptq(sigma, config: GPTQConfig):
 
 
 def _watersic_spec() -> MethodSpec:
-    from .watersic import WaterSICConfig, prepare_watersic, quantize_watersic
+    from .watersic import (
+        WaterSICConfig,
+        prepare_watersic,
+        quantize_watersic,
+        quantize_watersic_rates,
+    )
 
     return MethodSpec("watersic", WaterSICConfig, quantize_watersic, prepare_watersic,
-                      "column_entropy", False)
+                      "column_entropy", False, quantize_watersic_rates)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -83,7 +92,7 @@ def get_method(name: str) -> MethodSpec:
                           True)
     if name == "gptq-ec":
         return MethodSpec("gptq-ec", GPTQECConfig, quantize_gptq_ec, prepare_gptq_ec,
-                          "column_entropy", False)
+                          "column_entropy", False, quantize_gptq_ec_rates)
     if name == "watersic":
         return _watersic_spec()
     raise WfvizError(f"Unknown method {name!r}; use one of {', '.join(METHODS)}.")

@@ -12,9 +12,9 @@ noise) as ``Δ`` grows, with slope ≈ −1 bit per doubling at high rate. Sever
 are searched together (:func:`quantize_gptq_ec_rates`): each round runs one candidate step per
 unfinished target *in one SIC pass*, by stacking copies of ``W`` with different per-row steps
 (rows are independent in the SIC), which amortizes the per-column loop overhead, and every
-evaluated point refines the same rate curve for all targets (secant between bracketing points,
-slope extrapolation outside them). The accepted codes are those of the best evaluated point,
-so no extra pass runs for the answer.
+evaluated point refines the same rate curve for all targets
+(:class:`~wfviz.quantizers.search.RateCurveSearch`). The accepted codes are those of the best
+evaluated point, so no extra pass runs for the answer.
 
 Precision: ``"auto"`` runs the column loop in float32 unless an a-priori bound on float32
 rounding noise in the residual targets, ``2⁻²⁴·√n·(max|W|/Δ + max_j ‖U_j,j+1:‖/U_jj)`` in units
@@ -42,6 +42,7 @@ from .gptq import (
     sic_pass,
     unpermute_columns,
 )
+from .search import RateCurveSearch
 
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
@@ -115,50 +116,6 @@ def _loop_dtype(W: torch.Tensor, prep: GPTQPrepared, step: float, config: GPTQEC
     return torch.float32 if bound <= config.fp32_noise_limit else torch.float64
 
 
-class _Search:
-    """Step search for several targets on one shared curve ``rate(u)``, ``u = log2 Δ``.
-
-    Every pass, whatever target it was run for, adds a point of the same decreasing curve, so
-    each target interpolates between the closest points bracketing it, or extrapolates from
-    the closest point with the local slope (−1 bit per doubling of Δ at high rate).
-    """
-
-    def __init__(self, targets, tol: float, u0: float):
-        self.targets, self.tol, self.u0 = [float(t) for t in targets], tol, u0
-        self.points: list[tuple[float, float]] = []
-        self.best: list = [None] * len(self.targets)  # (|error|, u, rate, result)
-
-    def add(self, u: float, rate: float, result) -> None:
-        self.points.append((u, rate))
-        for i, t in enumerate(self.targets):
-            err = abs(rate - t)
-            if self.best[i] is None or err < self.best[i][0]:
-                self.best[i] = (err, u, rate, result)
-
-    def done(self, i: int) -> bool:
-        return self.best[i] is not None and self.best[i][0] <= self.tol
-
-    def candidate(self, i: int) -> float:
-        t = self.targets[i]
-        if not self.points:
-            return self.u0 + (self.targets[0] - t)
-        above = [p for p in self.points if p[1] > t]  # step too small
-        below = [p for p in self.points if p[1] <= t]
-        if above and below:
-            (u1, r1), (u2, r2) = max(above), min(below)
-            return u1 + (r1 - t) * (u2 - u1) / (r1 - r2) if r1 != r2 else 0.5 * (u1 + u2)
-        u, r = max(above) if above else min(below)
-        return u + (r - t) / self._slope(u)
-
-    def _slope(self, u: float) -> float:
-        """−d rate / d u near ``u`` from the two closest points, kept in [0.3, 1.5]."""
-        near = sorted(self.points, key=lambda p: abs(p[0] - u))[:2]
-        if len(near) < 2 or near[0][0] == near[1][0]:
-            return 1.0
-        slope = (near[0][1] - near[1][1]) / (near[1][0] - near[0][0])
-        return min(max(slope, 0.3), 1.5)
-
-
 def _stored_step(u: float) -> float:
     """``2^u`` rounded to fp16 (the stored side information) when fp16 holds it as a normal."""
     step = 2.0**u
@@ -223,9 +180,9 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
         Wd = Wd[:, prep.perm.to(W.device)]
     U = prep.U.to(W.device)
     side = SCALE_BITS
-    search = _Search(rates, config.rate_tol, _start_u(Wd, float(rates[0]) - side / (a * n)))
+    search = RateCurveSearch(rates, config.rate_tol, _start_u(Wd, float(rates[0]) - side / (a * n)))
     for k in range(config.max_search_rounds):
-        todo = sorted({search.candidate(i) for i in range(len(rates)) if not search.done(i)})
+        todo = search.pending()
         if not todo:
             break
         steps = [_stored_step(u) for u in todo]
@@ -247,7 +204,7 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
     return [_output(W, search, i, rate_metric, side, prep) for i in range(len(rates))]
 
 
-def _output(W, search: _Search, i: int, rate_metric, side, prep) -> MethodOutput:
+def _output(W, search: RateCurveSearch, i: int, rate_metric, side, prep) -> MethodOutput:
     _, u, measured, (codes, column_rates, precision) = search.best[i]
     step = _stored_step(u)
     W_hat = (codes.to(torch.float64) * step).to(W.dtype)

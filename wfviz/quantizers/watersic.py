@@ -64,6 +64,7 @@ import torch
 from ..errors import WfvizError
 from ..rates import RATE_METRICS, measure_rate
 from .base import CancelFn, Cancelled, MethodOutput, ProgressFn
+from .search import RateCurveSearch
 
 SIDE_INFO_BITS = 16.0
 """Bits charged for every stored scale and every dead-column index (one fp16 each)."""
@@ -97,7 +98,8 @@ class WaterSICConfig:
     rate_tol : float
         The rate search stops when the measured rate is within this many bits of the target.
     max_search_passes : int
-        Most SIC passes the rate search may run.
+        Most rounds of the rate search; each round is one SIC pass that stacks one candidate
+        step per target still searching.
     rescaler_max_iter : int
         Most alternating iterations of the rescaler fit.
     rescaler_tol : float
@@ -277,37 +279,93 @@ def _pass_dtype(W_live: torch.Tensor, prep: WaterSICPrepared, c: float, precisio
     return torch.float32 if bound <= noise_limit else torch.float64
 
 
-def _sic_blocked(Wt, L, c, ls_gain, block, cancel):
-    """Blocked SIC on the transposed live weight ``Wt`` (m × a); returns codes (m × a), gains."""
-    m = Wt.shape[0]
+def _sic_blocked(Wt, L, steps, ls_gain, block, cancel):
+    """Blocked SIC on stacked transposed live weights.
+
+    ``Wt`` is ``m × (B·a)``: ``B`` copies of the ``a`` rows side by side, copy ``b`` rounded
+    with the whitened step ``steps[b]`` (rows are independent, so one loop serves ``B`` steps).
+    Returns the codes ``Zt`` (same shape) and the gains ``γ`` (``m × B``).
+    """
+    m, width = Wt.shape
+    B = steps.numel()
+    a = width // B
     diag = torch.diagonal(L)
-    alpha = c / diag
+    row_step = steps.repeat_interleave(a)
+    alpha = steps[None, :] / diag[:, None]  # weight-domain step of column k in copy b
+    row_alpha = alpha.repeat_interleave(a, dim=1) if not ls_gain else None
     Yt = Wt * diag[:, None]  # row j holds L_jj W_j plus the feedback received so far
     Et = torch.empty_like(Wt)
     Zt = torch.empty_like(Wt)
-    gamma = torch.ones(m, dtype=Wt.dtype, device=Wt.device)
-    zero = torch.zeros((), dtype=Wt.dtype, device=Wt.device)
+    gamma = torch.ones(m, B, dtype=Wt.dtype, device=Wt.device)
     for end in range(m, 0, -block):
         if cancel is not None and cancel():
             raise Cancelled("WaterSIC was cancelled.")
         start = max(0, end - block)
         for k in range(end - 1, start - 1, -1):
-            y = Yt[k]
-            z = Zt[k]
-            torch.round(y / c, out=z)  # half to even
+            y, z = Yt[k], Zt[k]
+            torch.div(y, row_step, out=z).round_()  # half to even
             if ls_gain:
-                zz = torch.dot(z, z)
-                g = torch.where(zz > 0, torch.dot(z, y) / (c * zz.clamp_min(1)), zero)
+                zv = z.view(B, a)
+                zz = torch.linalg.vecdot(zv, zv)
+                # z = 0 gives ⟨z, y⟩ = 0, hence γ = 0: the column reconstructs to zero
+                g = torch.linalg.vecdot(zv, y.view(B, a)).div_(zz.clamp_min_(1).mul_(steps))
                 gamma[k] = g
-                scale = alpha[k] * g
+                torch.sub(Wt[k].view(B, a), zv * (g * alpha[k])[:, None], out=Et[k].view(B, a))
             else:
-                scale = alpha[k]
-            torch.sub(Wt[k], z * scale, out=Et[k])
-            if k > start:
-                Yt[start:k].addr_(L[k, start:k], Et[k])
+                torch.sub(Wt[k], z * row_alpha[k], out=Et[k])
+            if k > start:  # a K=1 GEMM: addr_ is much slower on the CPU
+                Yt[start:k].addmm_(L[k, start:k, None], Et[k, None, :])
         if start > 0:
             Yt[:start].addmm_(L[start:end, :start].T, Et[start:end])
     return Zt, gamma
+
+
+def _check_step(c) -> float:
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise WfvizError(f"The WaterSIC step c must be a positive number, got {c}.")
+    return float(c)
+
+
+def watersic_passes(W: torch.Tensor, prep: WaterSICPrepared, steps, *, ls_gain: bool = True,
+                    dtype: torch.dtype | None = None, block_size: int = 128,
+                    cancel: CancelFn | None = None) -> list[PassResult]:
+    """Quantize W with WaterSIC at several fixed whitened steps in one stacked SIC pass.
+
+    Parameters are those of :func:`watersic_pass`, with ``steps`` a sequence of steps ``c``;
+    ``dtype`` defaults to the precision that the smallest step needs.
+
+    Returns
+    -------
+    list of PassResult
+        One per step, in the order given.
+
+    Examples
+    --------
+    >>> prep = prepare_watersic(torch.eye(2, dtype=torch.float64), WaterSICConfig(damping=0))
+    >>> W = torch.tensor([[0.26, -1.4]])
+    >>> [p.codes.tolist() for p in watersic_passes(W, prep, [0.5, 1.0], ls_gain=False)]
+    [[[1, -3]], [[0, -1]]]
+    """
+    steps = [_check_step(c) for c in steps]
+    W_live = W[:, prep.live]
+    if dtype is None:
+        dtype = _pass_dtype(W_live, prep, min(steps), "auto", WaterSICConfig.fp32_noise_limit)
+    Wt = W_live.T.to(dtype).repeat(1, len(steps)).contiguous()
+    cs = torch.tensor(steps, dtype=dtype, device=W.device)
+    Zt, gamma_live = _sic_blocked(Wt, prep.L.to(dtype), cs, ls_gain, int(block_size), cancel)
+    del Wt
+    a, n = W.shape
+    inv_diag = 1.0 / torch.diagonal(prep.L)
+    out = []
+    for b, c in enumerate(steps):
+        codes = torch.zeros((a, n), dtype=torch.int64, device=W.device)
+        codes[:, prep.live] = Zt[:, b * a:(b + 1) * a].T.to(torch.int64)
+        alpha = torch.zeros(n, dtype=torch.float64, device=W.device)
+        alpha[prep.live] = c * inv_diag
+        gamma = torch.zeros(n, dtype=torch.float64, device=W.device)
+        gamma[prep.live] = gamma_live[:, b].to(torch.float64)
+        out.append(PassResult(codes=codes, alpha=alpha, gamma=gamma, c=c, dtype=dtype))
+    return out
 
 
 def watersic_pass(W: torch.Tensor, prep: WaterSICPrepared, c: float, *, ls_gain: bool = True,
@@ -342,21 +400,8 @@ def watersic_pass(W: torch.Tensor, prep: WaterSICPrepared, c: float, *, ls_gain:
     >>> watersic_pass(torch.tensor([[0.26, -1.4]]), prep, 0.5, ls_gain=False).codes.tolist()
     [[1, -3]]
     """
-    if not (math.isfinite(c) and c > 0):
-        raise WfvizError(f"The WaterSIC step c must be a positive number, got {c}.")
-    W_live = W[:, prep.live]
-    if dtype is None:
-        dtype = _pass_dtype(W_live, prep, c, "auto", WaterSICConfig.fp32_noise_limit)
-    Wt = W_live.T.to(dtype).contiguous()
-    Zt, gamma_live = _sic_blocked(Wt, prep.L.to(dtype), c, ls_gain, int(block_size), cancel)
-    a, n = W.shape
-    codes = torch.zeros((a, n), dtype=torch.int64, device=W.device)
-    codes[:, prep.live] = Zt.T.to(torch.int64)
-    alpha = torch.zeros(n, dtype=torch.float64, device=W.device)
-    alpha[prep.live] = c / torch.diagonal(prep.L)
-    gamma = torch.zeros(n, dtype=torch.float64, device=W.device)
-    gamma[prep.live] = gamma_live.to(torch.float64)
-    return PassResult(codes=codes, alpha=alpha, gamma=gamma, c=float(c), dtype=dtype)
+    return watersic_passes(W, prep, [c], ls_gain=ls_gain, dtype=dtype, block_size=block_size,
+                           cancel=cancel)[0]
 
 
 @dataclass
@@ -522,39 +567,6 @@ def _start_log2_step(W_live: torch.Tensor, prep: WaterSICPrepared, entropy: floa
     return float(spread.mean()) - entropy
 
 
-class _RateSearch:
-    """Safeguarded secant on ``u = log2 c`` for ``rate(u) = target`` (rate falls as u grows)."""
-
-    def __init__(self, target: float, tol: float):
-        self.target, self.tol = target, tol
-        self.points: list[tuple[float, float]] = []
-        self.lo = -math.inf  # largest u known to give too many bits
-        self.hi = math.inf  # smallest u known to give too few bits
-
-    def done(self) -> bool:
-        return abs(self.points[-1][1] - self.target) <= self.tol or self.hi - self.lo < 1e-9
-
-    def add(self, u: float, rate: float) -> None:
-        self.points.append((u, rate))
-        if rate > self.target:
-            self.lo = max(self.lo, u)
-        else:
-            self.hi = min(self.hi, u)
-
-    def next_u(self) -> float:
-        u1, r1 = self.points[-1]
-        slope = -1.0
-        if len(self.points) > 1:
-            u0, r0 = self.points[-2]
-            if u1 != u0 and (r1 - r0) / (u1 - u0) < -0.05:
-                slope = (r1 - r0) / (u1 - u0)
-        step = max(-4.0, min(4.0, (self.target - r1) / slope))
-        u = u1 + step
-        if math.isfinite(self.lo) and math.isfinite(self.hi) and not self.lo < u < self.hi:
-            u = 0.5 * (self.lo + self.hi)
-        return u
-
-
 def _fp16_grid(x: torch.Tensor) -> torch.Tensor:
     """Round to fp16 after dividing by a power of two near ``max|x|`` (kept exactly)."""
     top = float(x.abs().max())
@@ -564,7 +576,7 @@ def _fp16_grid(x: torch.Tensor) -> torch.Tensor:
     return (x / ref).to(torch.float16).to(x.dtype) * ref
 
 
-def _check_inputs(W, sigma, rate, rate_metric):
+def _check_inputs(W, sigma, rate_metric):
     if not isinstance(W, torch.Tensor) or W.ndim != 2 or 0 in W.shape:
         raise WfvizError("W must be a non-empty 2-D torch.Tensor of shape (a, n).")
     if not W.is_floating_point():
@@ -574,8 +586,6 @@ def _check_inputs(W, sigma, rate, rate_metric):
                          f"got {tuple(sigma.shape)}.")
     if not bool(torch.isfinite(W).all()):
         raise WfvizError("W contains NaN or infinite entries; fix the weights first.")
-    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-        raise WfvizError(f"The target rate must be a positive number of bits, got {rate!r}.")
     if rate_metric not in RATE_METRICS or rate_metric == "log_cardinality":
         raise WfvizError(f"WaterSIC's codes are unbounded, so its rate must be an entropy or coded "
                          f"size; use column_entropy, pooled_entropy or coded_bits, not "
@@ -591,30 +601,114 @@ def _check_measurable(entropy: float, a: int, n: int, m: int, rate_metric: str) 
                          f"or use more rows.")
 
 
-def _search_step(W, prep, rate, config, rate_metric, side_bits, progress, cancel):
-    """Run SIC passes until the measured rate is within ``rate_tol``; return the pass and log."""
+def _check_rate(W, prep, rate, side_bits, rate_metric) -> None:
+    a, n = W.shape
+    if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+        raise WfvizError(f"The target rate must be a positive number of bits, got {rate!r}.")
+    if rate <= side_bits / (a * n):
+        raise WfvizError(f"A rate of {rate} bits is below WaterSIC's side information of "
+                         f"{side_bits / (a * n):.4f} bits per weight; ask for more bits.")
+    _check_measurable(rate - side_bits / (a * n), a, n, prep.live.numel(), rate_metric)
+
+
+def _search_steps(W, prep, rates, config, rate_metric, side_bits, progress, cancel):
+    """Stacked SIC passes until every measured rate is within ``rate_tol`` of its target."""
     a, n = W.shape
     W_live = W[:, prep.live]
-    entropy = (rate - side_bits / (a * n)) * n / prep.live.numel()
-    search = _RateSearch(rate, config.rate_tol)
-    u = _start_log2_step(W_live, prep, entropy)
-    best = None
+    entropy = (rates[0] - side_bits / (a * n)) * n / prep.live.numel()
+    search = RateCurveSearch(rates, config.rate_tol, _start_log2_step(W_live, prep, entropy))
     for k in range(config.max_search_passes):
-        c = 2.0**u
-        dtype = _pass_dtype(W_live, prep, c, config.precision, config.fp32_noise_limit)
-        res = watersic_pass(W, prep, c, ls_gain=config.ls_gain, dtype=dtype,
-                            block_size=config.block_size, cancel=cancel)
-        measured, column_rates = measure_rate(res.codes, rate_metric, side_info_bits=side_bits)
-        search.add(u, measured)
-        if best is None or abs(measured - rate) < abs(best[1] - rate):
-            best = (res, measured, column_rates)
-        if progress is not None:
-            progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 passes
-                     f"WaterSIC pass {k + 1}: c = {c:.4g}, {measured:.4f} bits ({rate_metric})")
-        if search.done():
+        todo = search.pending()
+        if not todo:
             break
-        u = search.next_u()
-    return best, search.points
+        steps = [2.0**u for u in todo]
+        dtype = _pass_dtype(W_live, prep, min(steps), config.precision, config.fp32_noise_limit)
+        passes = watersic_passes(W, prep, steps, ls_gain=config.ls_gain, dtype=dtype,
+                                 block_size=config.block_size, cancel=cancel)
+        for u, res in zip(todo, passes, strict=True):
+            measured, column_rates = measure_rate(res.codes, rate_metric, side_info_bits=side_bits)
+            search.add(u, measured, (res, column_rates))
+        if progress is not None:
+            left = sum(not search.done(i) for i in range(len(rates)))
+            progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 rounds
+                     f"WaterSIC search round {k + 1}: {len(todo)} step(s) in one pass, "
+                     f"{left} rate(s) still searching ({rate_metric})")
+    return search
+
+
+def _finish(W, prep, config, search, i, rate_metric, side_bits, cancel) -> MethodOutput:
+    """The output for target ``i``: its best pass, with rescalers and fp16 scales applied."""
+    a, n = W.shape
+    _, _, measured, (res, column_rates) = search.best[i]
+    rate = search.targets[i]
+    t = torch.ones(a, dtype=torch.float64, device=W.device)
+    gamma = res.gamma
+    info = {"c": res.c, "damping_abs": prep.damping_abs, "dead_columns": prep.dead.tolist(),
+            "precision": str(res.dtype).removeprefix("torch."),
+            "search": [(2.0**u, r) for u, r in search.points],
+            "search_passes": len(search.points), "rate_error": float(measured) - rate,
+            "ls_gain": config.ls_gain, "rescalers": config.rescalers}
+    if config.rescalers:
+        live = prep.live
+        W0 = res.codes[:, live].to(torch.float64) * res.alpha[live]
+        fit = fit_rescalers(W[:, live], W0, prep.sigma_live, res.gamma[live],
+                            max_iter=config.rescaler_max_iter, tol=config.rescaler_tol,
+                            cancel=cancel)
+        t, gamma = fit.t, torch.zeros_like(res.gamma)
+        gamma[live] = fit.g
+        info.update(loss_before_rescalers=fit.loss_before * live.numel() / n,
+                    loss_after_rescalers=fit.loss_after * live.numel() / n,
+                    rescaler_iterations=fit.iterations)
+    column_scale = res.alpha * gamma
+    if config.fp16_scales:
+        column_scale, t = _fp16_grid(column_scale), _fp16_grid(t)
+    W_hat = (t[:, None] * res.codes.to(torch.float64) * column_scale).to(W.dtype)
+    scales = {"alpha": res.alpha, "gamma": gamma, "column_scale": column_scale, "row_scale": t}
+    return MethodOutput(W_hat=W_hat, codes=res.codes, scales=scales, rate=float(measured),
+                        rate_metric=rate_metric, column_rates=np.asarray(column_rates),
+                        side_info_bits=side_bits, info=info)
+
+
+def quantize_watersic_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
+                            config: WaterSICConfig = WaterSICConfig(), *,
+                            rate_metric: str = "column_entropy",
+                            progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                            prepared: WaterSICPrepared | None = None) -> list[MethodOutput]:
+    """WaterSIC at several target rates, searched together in stacked passes.
+
+    Parameters are those of :func:`quantize_watersic`, with ``rates`` a sequence of targets.
+
+    Returns
+    -------
+    list of MethodOutput
+        One per target, in the order given.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> outs = quantize_watersic_rates(torch.randn(256, 8, generator=g), torch.eye(8), [2, 3])
+    >>> [round(o.rate, 1) for o in outs]
+    [2.0, 3.0]
+    """
+    sigma = _check_sigma(sigma)
+    rates = list(rates)
+    if not rates:
+        raise WfvizError("Give at least one target rate.")
+    _check_inputs(W, sigma, rate_metric)
+    prep = prepared if prepared is not None else prepare_watersic(sigma, config)
+    if prep.n != W.shape[1]:
+        raise WfvizError("The prepared WaterSIC factor is for another Σ; prepare it again.")
+    side_bits = _side_info_bits(W.shape[0], prep, config.rescalers)
+    for r in rates:
+        _check_rate(W, prep, r, side_bits, rate_metric)
+    search = _search_steps(W, prep, [float(r) for r in rates], config, rate_metric, side_bits,
+                           progress, cancel)
+    outs = [_finish(W, prep, config, search, i, rate_metric, side_bits, cancel)
+            for i in range(len(rates))]
+    if progress is not None:
+        done = ", ".join(f"{o.rate:.4f}" for o in outs)
+        progress(1.0, f"WaterSIC done: {done} bits ({rate_metric})")
+    return outs
 
 
 def quantize_watersic(W: torch.Tensor, sigma: torch.Tensor, rate: float,
@@ -664,45 +758,5 @@ def quantize_watersic(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     >>> abs(out.rate - 4.0) <= 0.05
     True
     """
-    sigma = _check_sigma(sigma)
-    _check_inputs(W, sigma, rate, rate_metric)
-    prep = prepared if prepared is not None else prepare_watersic(sigma, config)
-    if prep.n != W.shape[1]:
-        raise WfvizError("The prepared WaterSIC factor is for another Σ; prepare it again.")
-    a, n = W.shape
-    side_bits = _side_info_bits(a, prep, config.rescalers)
-    if rate <= side_bits / (a * n):
-        raise WfvizError(f"A rate of {rate} bits is below WaterSIC's side information of "
-                         f"{side_bits / (a * n):.4f} bits per weight; ask for more bits.")
-    _check_measurable(rate - side_bits / (a * n), a, n, prep.live.numel(), rate_metric)
-    (res, measured, column_rates), log = _search_step(W, prep, rate, config, rate_metric,
-                                                       side_bits, progress, cancel)
-    t = torch.ones(a, dtype=torch.float64, device=W.device)
-    gamma = res.gamma
-    info = {"c": res.c, "damping_abs": prep.damping_abs, "dead_columns": prep.dead.tolist(),
-            "precision": str(res.dtype).removeprefix("torch."),
-            "search": [(2.0**u, r) for u, r in log],
-            "search_passes": len(log), "rate_error": float(measured) - rate,
-            "ls_gain": config.ls_gain,
-            "rescalers": config.rescalers}
-    if config.rescalers:
-        live = prep.live
-        W0 = res.codes[:, live].to(torch.float64) * res.alpha[live]
-        fit = fit_rescalers(W[:, live], W0, prep.sigma_live, res.gamma[live],
-                            max_iter=config.rescaler_max_iter, tol=config.rescaler_tol,
-                            cancel=cancel)
-        t, gamma = fit.t, torch.zeros_like(res.gamma)
-        gamma[live] = fit.g
-        info.update(loss_before_rescalers=fit.loss_before * live.numel() / n,
-                    loss_after_rescalers=fit.loss_after * live.numel() / n,
-                    rescaler_iterations=fit.iterations)
-    column_scale = res.alpha * gamma
-    if config.fp16_scales:
-        column_scale, t = _fp16_grid(column_scale), _fp16_grid(t)
-    W_hat = (t[:, None] * res.codes.to(torch.float64) * column_scale).to(W.dtype)
-    if progress is not None:
-        progress(1.0, f"WaterSIC done: {measured:.4f} bits ({rate_metric})")
-    scales = {"alpha": res.alpha, "gamma": gamma, "column_scale": column_scale, "row_scale": t}
-    return MethodOutput(W_hat=W_hat, codes=res.codes, scales=scales, rate=float(measured),
-                        rate_metric=rate_metric, column_rates=np.asarray(column_rates),
-                        side_info_bits=side_bits, info=info)
+    return quantize_watersic_rates(W, sigma, [rate], config, rate_metric=rate_metric,
+                                   progress=progress, cancel=cancel, prepared=prepared)[0]
