@@ -21,8 +21,8 @@ from wfviz.theory import cholesky_diag, gptq_gap_bits
 
 ROTATION_NAMES = ("identity", "haar", "hadamard", "eigenbasis", "act_order")
 KEYS = {"label", "source_id", "n", "trace", "lambda_max", "lambda_min", "condition_number",
-        "effective_rank", "dead_features", "log2_gm_eigenvalue", "am_gm_eigenvalue", "gap_bits",
-        "damping", "seed", "notes"}
+        "effective_rank", "numerical_rank", "dead_features", "log2_gm_eigenvalue",
+        "am_gm_eigenvalue", "gap_bits", "damping", "seed", "notes"}
 
 
 def spectrum_only(cov):
@@ -38,7 +38,7 @@ def test_keys_and_spectrum_values():
     assert (s["lambda_max"], s["lambda_min"], s["condition_number"]) == (4.0, 0.5, 8.0)
     assert s["log2_gm_eigenvalue"] == pytest.approx(np.mean(np.log2(lam)))
     assert s["am_gm_eigenvalue"] == pytest.approx(lam.mean() / 2 ** np.mean(np.log2(lam)))
-    assert s["dead_features"] == 0
+    assert s["dead_features"] == 0 and s["numerical_rank"] == 4
     assert set(s["gap_bits"]) == set(ROTATION_NAMES)
 
 

@@ -31,7 +31,13 @@ import torch
 
 from .device import float64_device, resolve_device, run_with_oom_fallback
 from .errors import WfvizError
-from .quantize import _as_tensor, make_config, sigma_and_rotation_basis, weighted_error
+from .quantize import (
+    _as_tensor,
+    damping_notice,
+    make_config,
+    sigma_and_rotation_basis,
+    weighted_error,
+)
 from .quantizers import get_method
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
@@ -233,13 +239,13 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
 
     def run(d: torch.device) -> list[dict]:
         return _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam,
-                         variance, progress, cancel)
+                         variance, progress, cancel, notice)
 
     return run_with_oom_fallback(run, dev, notice)
 
 
 def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
-              progress, cancel) -> list[dict]:
+              progress, cancel, notice) -> list[dict]:
     from .rotations import get_rotation
 
     table, total, done = [], len(rotations) * len(methods), 0
@@ -260,12 +266,16 @@ def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, var
             del prep
             if m == "gptq-ec":
                 points = [(t, o, s + ec_prep_s / len(rates)) for t, o, s in points]
+            note = damping_notice(m, make_config(m), points[0][1].info, f" on {label}")
+            if note is not None and notice is not None:
+                notice(note)
             dists = _distortions(Wr, Sr, [out for _, out, _ in points])
             for (target, out, secs), dist in zip(points, dists, strict=True):
                 table.append(_row(m, label, target, out, dist, energy, lam, variance, d, secs))
             done += 1
             if progress is not None:
                 progress(done / total, f"{m} on {label} done")
+        del Sr, Wr  # before the next rotation allocates its own n×n arrays
     return table
 
 

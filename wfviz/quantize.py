@@ -153,6 +153,25 @@ def weighted_error(E: torch.Tensor, S: torch.Tensor) -> float:
     return float(((E @ S.to(E.device, torch.float64)) * E).sum()) / E.numel()
 
 
+def damping_notice(method: str, config, info: dict, where: str = "") -> str | None:
+    """The one-line notice for a Cholesky that needed more damping than configured, or None.
+
+    Examples
+    --------
+    >>> from wfviz import WaterSICConfig
+    >>> note = damping_notice("watersic", WaterSICConfig(), {"damping_used": 1e-2}, " on haar")
+    >>> print(note)  # doctest: +NORMALIZE_WHITESPACE
+    watersic on haar: Σ was not positive definite with damping 0.0001; it was factored with
+    damping 0.01 (× mean diagonal) instead.
+    """
+    asked = getattr(config, "percdamp", getattr(config, "damping", None))
+    used = info.get("damping_used")
+    if asked is None or used is None or used <= asked:
+        return None
+    return (f"{method}{where}: Σ was not positive definite with damping {asked:g}; it was "
+            f"factored with damping {used:g} (× mean diagonal) instead.")
+
+
 def _like_input(x, W_in, device):
     if isinstance(x, torch.Tensor) and not isinstance(W_in, torch.Tensor):
         return x.detach().cpu().numpy()
@@ -231,6 +250,9 @@ def quantize(W, sigma, *, method: str, rate: float, rotation: str = "identity", 
     S_dev = S.to(W_hat.device)
     distortion = weighted_error(W_dev - W_hat, S_dev)
     energy = weighted_error(W_dev, S_dev)
+    note = damping_notice(method, cfg, out.info)
+    if note is not None and notice is not None:
+        notice(note)
     in_dtype = W.dtype if isinstance(W, torch.Tensor) else torch.float64
     W_out = W_hat.to(in_dtype)
     home = W.device if isinstance(W, torch.Tensor) else None

@@ -132,8 +132,13 @@ def hadamard_matrix(n: int) -> np.ndarray:
 
 def _haar(n: int, rng: np.random.Generator) -> np.ndarray:
     # torch's QR is several times faster than numpy's here; the Gaussian stays numpy-seeded.
-    q, r = torch.linalg.qr(torch.from_numpy(rng.standard_normal((n, n))))
-    return (q * torch.sign(torch.diagonal(r))).numpy()
+    # geqrf + householder_product hold at most two n×n arrays at a time (qr holds four), which
+    # keeps n = 14336 (1.6 GB per float64 matrix) inside a laptop's memory.
+    a, tau = torch.geqrf(torch.from_numpy(rng.standard_normal((n, n))))
+    signs = torch.sign(torch.diagonal(a))
+    q = torch.linalg.householder_product(a, tau)
+    del a
+    return q.mul_(signs).numpy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,6 +168,10 @@ class Rotation:
 
     def apply_sigma(self, S):
         """Return ``Q S Qᵀ``."""
+        if self.dense is not None and isinstance(S, torch.Tensor):
+            # Q (S Qᵀ) with no transposed copies: four n×n arrays at the peak, not six.
+            q = torch.as_tensor(self.dense, dtype=S.dtype, device=S.device)
+            return q @ (S @ q.T)
         half = self.apply_weight(S)  # S Qᵀ
         return self.apply_weight(half.T).T
 

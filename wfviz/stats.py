@@ -126,6 +126,19 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     return cholesky_diag(rotated, damping=damping)
 
 
+def numerical_rank(eigenvalues) -> int:
+    """Eigenvalues above ``n · ε · λ_max`` (float64 ε), the rank LAPACK would report.
+
+    Examples
+    --------
+    >>> numerical_rank([2.0, 1.0, 1e-20, 0.0])
+    2
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    top = float(lam.max()) if lam.size else 0.0
+    return int(np.count_nonzero(lam > lam.size * np.finfo(np.float64).eps * top))
+
+
 def effective_rank(eigenvalues) -> float:
     """Entropy effective rank ``exp(H(p))`` with ``p = λ / Σλ`` (Roy & Vetterli, 2007).
 
@@ -206,6 +219,12 @@ def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict
     log2_am_gm_lam = log2_am_gm(lam)
     with np.errstate(divide="ignore"):
         log2_gm = float(np.mean(np.log2(lam)))
+    rank = numerical_rank(lam)
+    if rank < cov.n:
+        notes.append(f"Σ_X has numerical rank {rank} < n = {cov.n} (fewer calibration tokens "
+                     f"than features, or linearly dependent channels): {cov.n - rank} "
+                     f"directions carry no energy, cost no bits at any rate, and make the "
+                     f"Cholesky factor need damping.")
     return {
         "label": cov.label,
         "source_id": cov.source_id,
@@ -215,6 +234,7 @@ def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict
         "lambda_min": lam_min,
         "condition_number": float(lam[0]) / lam_min if lam_min > 0 else math.inf,
         "effective_rank": effective_rank(lam),
+        "numerical_rank": rank,
         "dead_features": dead_features(cov.diag),
         "log2_gm_eigenvalue": log2_gm,
         "am_gm_eigenvalue": 2.0**log2_am_gm_lam,
@@ -251,6 +271,7 @@ _TABLE_ROWS = (
     ("lambda_min", "λ_min"),
     ("condition_number", "condition number"),
     ("effective_rank", "effective rank"),
+    ("numerical_rank", "numerical rank"),
     ("dead_features", "dead features"),
     ("log2_gm_eigenvalue", "mean log2 λ"),
     ("am_gm_eigenvalue", "AM/GM of λ"),

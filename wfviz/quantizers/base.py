@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import WfvizError
+
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
@@ -48,3 +50,61 @@ class MethodOutput:
 
 class Cancelled(Exception):
     """Raised inside a long loop when the caller's cancel flag is set."""
+
+
+MAX_RELATIVE_DAMPING = 0.1
+"""Largest relative damping that :func:`damped_cholesky` escalates to before giving up."""
+
+
+def damped_cholesky(A: torch.Tensor, relative: float) -> tuple[torch.Tensor, float, float]:
+    """Lower Cholesky factor of ``A + δ·mean(diag A)·I``, escalating ``δ`` when it fails.
+
+    ``δ`` starts at ``relative`` and is multiplied by 10 (from at least ``1e-6``) after every
+    failed factorization, up to :data:`MAX_RELATIVE_DAMPING`: a nearly singular Σ (fewer
+    calibration tokens than features, float rounding of a rank-deficient matrix) then still
+    factors, and the caller reports the ``δ`` that was used. ``A`` is a scratch copy: the
+    damping is added to its diagonal in place.
+
+    Parameters
+    ----------
+    A : torch.Tensor, shape (n, n), float64
+        Symmetric matrix to factor; overwritten on the diagonal.
+    relative : float
+        The requested relative damping ``δ``.
+
+    Returns
+    -------
+    L : torch.Tensor
+        Lower-triangular factor.
+    relative_used : float
+        The ``δ`` that succeeded (``relative`` unless it had to escalate).
+    damping_abs : float
+        ``δ · mean(diag A)``, the amount added to the diagonal.
+
+    Raises
+    ------
+    WfvizError
+        If even ``δ = 0.1`` does not make ``A`` positive definite.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # singular
+    >>> L, used, absolute = damped_cholesky(A, 0.0)
+    >>> used
+    1e-06
+    """
+    mean = float(torch.diagonal(A).mean())
+    added, rel = 0.0, float(relative)
+    while True:
+        A.diagonal().add_(rel * mean - added)
+        added = rel * mean
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            return L, rel, added
+        del L
+        rel = max(10.0 * rel, 1e-6)
+        if rel > MAX_RELATIVE_DAMPING * (1 + 1e-9):
+            raise WfvizError(
+                f"Σ is not positive definite even with damping {MAX_RELATIVE_DAMPING:g} × mean "
+                f"diagonal (it has clearly negative eigenvalues); check how Σ was computed "
+                f"(it must be E[xxᵀ] over real inputs).")

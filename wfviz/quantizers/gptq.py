@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import WfvizError
-from .base import CancelFn, Cancelled, MethodOutput, ProgressFn
+from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
 
 SCALE_BITS = 16.0
 """Bits charged per stored scale (one fp16)."""
@@ -108,6 +108,9 @@ class GPTQPrepared:
         The absolute damping added to ``diag H``.
     feedback : float
         ``max_j ‖U_j,j+1:‖ / U_jj``, how much the error feedback can amplify rounding noise.
+    damping_used : float
+        The relative damping that factored (the requested one unless the Cholesky failed and
+        it was escalated, see :func:`~wfviz.quantizers.base.damped_cholesky`).
     """
 
     U: torch.Tensor
@@ -115,6 +118,7 @@ class GPTQPrepared:
     dead: torch.Tensor
     damping_abs: float
     feedback: float
+    damping_used: float = 0.0
 
     @property
     def n(self) -> int:
@@ -184,19 +188,17 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     H.mul_(2.0)
     dead_rev = dead.flip(0) if perm is None else dead[perm.flip(0)]
     H[dead_rev, dead_rev] = 1.0
-    damping_abs = float(percdamp) * float(torch.diagonal(H).mean())
-    H.diagonal().add_(damping_abs)
-    L, info = torch.linalg.cholesky_ex(H)
+    L, percdamp_used, damping_abs = damped_cholesky(H, float(percdamp))
     del H
-    if int(info) != 0:
-        raise WfvizError(f"Σ + damping is not positive definite (percdamp={percdamp}); raise "
-                         f"percdamp, e.g. to 0.01 or 0.1.")
-    U = upper_triangular_inverse(L.flip(0, 1))
+    R = L.flip(0, 1)
     del L
+    U = upper_triangular_inverse(R)
+    del R
     diag = torch.diagonal(U)
     strict = (torch.linalg.vector_norm(U, dim=1) ** 2 - diag**2).clamp_min(0).sqrt()
     feedback = float((strict / diag).max())
-    return GPTQPrepared(U=U, perm=perm, dead=dead, damping_abs=damping_abs, feedback=feedback)
+    return GPTQPrepared(U=U, perm=perm, dead=dead, damping_abs=damping_abs, feedback=feedback,
+                        damping_used=percdamp_used)
 
 
 def upper_triangular_inverse(R: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -393,6 +395,7 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     side = SCALE_BITS * scales.numel() if config.side_info else 0.0
     measured, column_rates = measure_codes(codes, rate_metric, side, levels)
     info = {"bits": bits, "levels": levels, "damping_abs": prep.damping_abs,
+            "damping_used": prep.damping_used,
             "dead_columns": torch.nonzero(prep.dead).flatten().tolist(),
             "act_order": config.act_order, "group_size": group,
             "precision": config.precision}

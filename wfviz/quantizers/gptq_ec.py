@@ -208,7 +208,8 @@ def _output(W, search: RateCurveSearch, i: int, rate_metric, side, prep) -> Meth
     _, u, measured, (codes, column_rates, precision) = search.best[i]
     step = _stored_step(u)
     W_hat = (codes.to(torch.float64) * step).to(W.dtype)
-    info = {"step": step, "damping_abs": prep.damping_abs, "precision": precision,
+    info = {"step": step, "damping_abs": prep.damping_abs, "damping_used": prep.damping_used,
+            "precision": precision,
             "dead_columns": torch.nonzero(prep.dead).flatten().tolist(),
             "search": search.points, "search_points": len(search.points),
             "target_rate": search.targets[i]}

@@ -5,8 +5,9 @@ rate that falls monotonically (up to sampling noise) as ``u = log2 step`` grows,
 ≈ −1 bit per doubling at high rate. For a fixed ``W`` and Σ every pass, whatever target it was
 run for, adds a point of the *same* curve, so all targets are searched together: each one
 interpolates between the closest evaluated points that bracket it, or extrapolates from the
-closest point with the local slope (see :meth:`RateCurveSearch.candidate`). The methods evaluate one candidate per unfinished target in
-a single stacked pass (rows are independent in the SIC), which amortizes the per-column loop.
+closest point with the local slope, through a quadratic of the three nearest points where that
+is safe (the curve bends at low rate). The methods evaluate one candidate per unfinished target
+in a single stacked pass (rows are independent in the SIC), which amortizes the per-column loop.
 """
 
 from __future__ import annotations

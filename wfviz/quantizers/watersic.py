@@ -63,7 +63,7 @@ import torch
 
 from ..errors import WfvizError
 from ..rates import RATE_METRICS, measure_rate
-from .base import CancelFn, Cancelled, MethodOutput, ProgressFn
+from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
 from .search import RateCurveSearch
 
 SIDE_INFO_BITS = 16.0
@@ -165,6 +165,9 @@ class WaterSICPrepared:
         The absolute damping added to the diagonal.
     feedback_gain : float
         ``max_j ‖(L_kj / L_kk)_{k>j}‖``, how much the feedback can amplify rounding noise.
+    damping_used : float
+        The relative damping that factored (``config.damping`` unless the Cholesky failed and
+        it was escalated, see :func:`~wfviz.quantizers.base.damped_cholesky`).
     """
 
     n: int
@@ -174,6 +177,7 @@ class WaterSICPrepared:
     sigma_live: torch.Tensor
     damping_abs: float
     feedback_gain: float
+    damping_used: float = 0.0
 
     @property
     def log2_det(self) -> float:
@@ -239,8 +243,8 @@ def prepare_watersic(sigma: torch.Tensor, config: WaterSICConfig = WaterSICConfi
     Raises
     ------
     WfvizError
-        If Σ is not square and finite, has no live feature, or the damped live block is not
-        positive definite.
+        If Σ is not square and finite, has no live feature, or the live block stays indefinite
+        with the largest damping that the retry allows.
 
     Examples
     --------
@@ -255,19 +259,25 @@ def prepare_watersic(sigma: torch.Tensor, config: WaterSICConfig = WaterSICConfi
     live = torch.nonzero(~dead_mask).flatten()
     if live.numel() == 0:
         raise WfvizError("Every feature of Σ has zero variance; there is nothing to quantize.")
-    s_live = s[live][:, live]
-    damp = config.damping * float(torch.diagonal(s_live).mean())
-    eye = torch.eye(live.numel(), dtype=s.dtype, device=s.device)
-    L, info = torch.linalg.cholesky_ex(s_live + damp * eye)
-    if int(info) != 0:
-        raise WfvizError(f"The damped Σ is not positive definite; raise WaterSIC damping above "
-                         f"{config.damping:g}.")
-    unit = L / torch.diagonal(L)[:, None]  # row k divided by L_kk
-    feedback = torch.linalg.vector_norm(torch.tril(unit, -1), dim=0)
+    # No copy of Σ unless features are dead: at n = 14336 every n×n float64 array is 1.6 GB.
+    s_live = s if live.numel() == s.shape[0] else s.index_select(0, live).index_select(1, live)
+    damped = s_live.clone()
+    L, damping_used, damp = damped_cholesky(damped, config.damping)
+    del damped
     return WaterSICPrepared(
         n=s.shape[0], live=live, dead=torch.nonzero(dead_mask).flatten(), L=L,
-        sigma_live=s_live, damping_abs=damp, feedback_gain=float(feedback.max()),
+        sigma_live=s_live, damping_abs=damp, feedback_gain=_feedback_gain(L),
+        damping_used=damping_used,
     )
+
+
+def _feedback_gain(L: torch.Tensor, rows: int = 1024) -> float:
+    """``max_j ‖(L_kj / L_kk)_{k>j}‖``, summed over blocks of rows to stay at O(rows·n) memory."""
+    sq = torch.zeros(L.shape[0], dtype=L.dtype, device=L.device)
+    for r0 in range(0, L.shape[0], rows):
+        block = L[r0:r0 + rows] / torch.diagonal(L)[r0:r0 + rows, None]
+        sq += (block * block).sum(0)
+    return float((sq - 1).clamp_min(0).sqrt().max())  # the diagonal term is exactly 1
 
 
 def _pass_dtype(W_live: torch.Tensor, prep: WaterSICPrepared, c: float, precision: str,
@@ -643,7 +653,8 @@ def _finish(W, prep, config, search, i, rate_metric, side_bits, cancel) -> Metho
     rate = search.targets[i]
     t = torch.ones(a, dtype=torch.float64, device=W.device)
     gamma = res.gamma
-    info = {"c": res.c, "damping_abs": prep.damping_abs, "dead_columns": prep.dead.tolist(),
+    info = {"c": res.c, "damping_abs": prep.damping_abs, "damping_used": prep.damping_used,
+            "dead_columns": prep.dead.tolist(),
             "precision": str(res.dtype).removeprefix("torch."),
             "search": [(2.0**u, r) for u, r in search.points],
             "search_passes": len(search.points), "rate_error": float(measured) - rate,
