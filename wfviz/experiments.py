@@ -186,7 +186,7 @@ def _row(method, rotation, target, out, distortion, energy, lam, variance, d, se
 
 def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
           device: str = "auto", rate_metric: str = "column_entropy", W=None, progress=None,
-          cancel=None, notice=None) -> list[dict]:
+          cancel=None, notice=None, table: list | None = None) -> list[dict]:
     """Quantize one weight matrix with every method × rotation × rate and tabulate the result.
 
     Parameters
@@ -213,6 +213,10 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
         ``cancel()`` returning True raises :class:`~wfviz.quantizers.base.Cancelled`.
     notice : callable, optional
         Receives one-line notices such as the GPU fallback.
+    table : list, optional
+        Every finished row is appended here as soon as its (rotation, method) is done, so a
+        caller whose sweep is cancelled keeps the points it already has. The return value is
+        this list (a new one when None).
 
     Returns
     -------
@@ -237,18 +241,22 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
     variance = float((W64**2).mean())
     dev = float64_device(resolve_device(device), notice)
 
+    table = [] if table is None else table
+
     def run(d: torch.device) -> list[dict]:
-        return _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam,
-                         variance, progress, cancel, notice)
+        del table[:]  # a CPU rerun after a GPU out-of-memory starts the table again
+        _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam, variance,
+                  progress, cancel, notice, table)
+        return table
 
     return run_with_oom_fallback(run, dev, notice)
 
 
 def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
-              progress, cancel, notice) -> list[dict]:
+              progress, cancel, notice, table) -> None:
     from .rotations import get_rotation
 
-    table, total, done = [], len(rotations) * len(methods), 0
+    total, done = len(rotations) * len(methods), 0
     W = W64.to(dev)
     for (S, rot_name), label in zip(bases, rotations, strict=True):
         S = S.to(dev)
@@ -276,7 +284,6 @@ def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, var
             if progress is not None:
                 progress(done / total, f"{m} on {label} done")
         del Sr, Wr  # before the next rotation allocates its own n×n arrays
-    return table
 
 
 def table_to_csv(rows: list[dict]) -> str:
