@@ -261,7 +261,7 @@ def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, var
     for (S, rot_name), label in zip(bases, rotations, strict=True):
         S = S.to(dev)
         rot = get_rotation(rot_name, S.shape[0], seed=seed, sigma=S)
-        Wr, Sr = rot.apply_weight(W), rot.apply_sigma(S)
+        Wr, Sr = rot.apply_layer(W, S)
         del rot  # a dense Q is n×n: free it before the factorizations
         energy = weighted_error(Wr, Sr)
         start = time.perf_counter()

@@ -270,7 +270,7 @@ def _run(W, S, spec, cfg, rate, rot_name, seed, metric, progress, cancel):
     from .rotations import get_rotation
 
     rot = get_rotation(rot_name, W.shape[1], seed=seed, sigma=S)
-    Wr, Sr = rot.apply_weight(W), rot.apply_sigma(S)
+    Wr, Sr = rot.apply_layer(W, S)
     out = spec.quantize(Wr, Sr, rate, cfg, rate_metric=metric, progress=progress,
                         cancel=cancel)
     W_hat = rot.unapply_weight(out.W_hat.to(torch.float64))

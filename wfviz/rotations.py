@@ -167,13 +167,22 @@ class Rotation:
         return self._rows(Wr, transpose=True)
 
     def apply_sigma(self, S):
-        """Return ``Q S Qᵀ``."""
-        if self.dense is not None and isinstance(S, torch.Tensor):
-            # Q (S Qᵀ) with no transposed copies: four n×n arrays at the peak, not six.
-            q = torch.as_tensor(self.dense, dtype=S.dtype, device=S.device)
-            return q @ (S @ q.T)
-        half = self.apply_weight(S)  # S Qᵀ
-        return self.apply_weight(half.T).T
+        """Return ``Q S Qᵀ``.
+
+        ``S Qᵀ`` is formed once and then overwritten a block of columns at a time with
+        ``Q (S Qᵀ)`` (column block j of the result needs only column block j of ``S Qᵀ``), so
+        at most two n×n arrays are alive besides S: at n = 14336 each one is 1.6 GB.
+        """
+        out = self.apply_weight(S)  # S Qᵀ
+        for j in range(0, self.n, 1024):
+            out[:, j:j + 1024] = self.apply_weight(out[:, j:j + 1024].T).T
+        return out
+
+    def apply_layer(self, W, S):
+        """``(W Qᵀ, Q S Qᵀ)``; the identity returns ``S`` itself (no n×n copy; don't mutate it)."""
+        if self.dense is None and self.perm is None and not self.factors:
+            return self.apply_weight(W), S
+        return self.apply_weight(W), self.apply_sigma(S)
 
     def matrix(self) -> np.ndarray:
         """The dense ``Q`` (for small n and tests)."""

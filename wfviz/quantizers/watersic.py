@@ -56,7 +56,7 @@ bit up to about 7 bits per weight and grows at higher rates (``fp16_scales=False
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -178,6 +178,15 @@ class WaterSICPrepared:
     damping_abs: float
     feedback_gain: float
     damping_used: float = 0.0
+    _cast: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def L_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """``L`` in ``dtype``, converted once and kept (a search runs several passes)."""
+        if dtype == self.L.dtype:
+            return self.L
+        if dtype not in self._cast:
+            self._cast[dtype] = self.L.to(dtype)
+        return self._cast[dtype]
 
     @property
     def log2_det(self) -> float:
@@ -362,7 +371,7 @@ def watersic_passes(W: torch.Tensor, prep: WaterSICPrepared, steps, *, ls_gain: 
         dtype = _pass_dtype(W_live, prep, min(steps), "auto", WaterSICConfig.fp32_noise_limit)
     Wt = W_live.T.to(dtype).repeat(1, len(steps)).contiguous()
     cs = torch.tensor(steps, dtype=dtype, device=W.device)
-    Zt, gamma_live = _sic_blocked(Wt, prep.L.to(dtype), cs, ls_gain, int(block_size), cancel)
+    Zt, gamma_live = _sic_blocked(Wt, prep.L_as(dtype), cs, ls_gain, int(block_size), cancel)
     del Wt
     a, n = W.shape
     inv_diag = 1.0 / torch.diagonal(prep.L)
