@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .device import float64_device, resolve_device, run_with_oom_fallback
-from .errors import WfvizError
+from .errors import WfvizError, all_finite
 from .quantize import (
     _as_tensor,
     damping_notice,
@@ -110,7 +110,7 @@ def _weights(W, rows: int, n: int, seed: int) -> torch.Tensor:
     Wt = _as_tensor(W, "W")
     if Wt.ndim != 2 or Wt.shape[1] != n or Wt.shape[0] == 0:
         raise WfvizError(f"W must have shape (a, {n}) to match Σ, got {tuple(Wt.shape)}.")
-    if not bool(torch.isfinite(Wt).all()):
+    if not all_finite(Wt):
         raise WfvizError("W must be finite; remove NaN and infinite entries first.")
     return Wt
 

@@ -11,7 +11,7 @@ import torch
 
 from .covariance import Covariance
 from .device import float64_device, resolve_device, run_with_oom_fallback
-from .errors import WfvizError
+from .errors import WfvizError, all_finite
 from .quantizers import get_method
 
 _SPECTRUM_ONLY_ROTATIONS = ("haar", "eigenbasis")
@@ -137,7 +137,7 @@ def _check_pair(W: torch.Tensor, S: torch.Tensor) -> None:
     n = W.shape[1]
     if tuple(S.shape) != (n, n):
         raise WfvizError(f"Σ must be {n}×{n} to match W's {n} columns, got {tuple(S.shape)}.")
-    if not (bool(torch.isfinite(W).all()) and bool(torch.isfinite(S).all())):
+    if not (all_finite(W) and all_finite(S)):
         raise WfvizError("W and Σ must be finite; remove NaN and infinite entries first.")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .errors import WfvizError
+from .errors import WfvizError, all_finite
 from .waterfilling import distortion_rate_curve
 
 SPACE_FILLING_LOSS = 2 * math.pi * math.e / 12
@@ -104,7 +104,7 @@ def _check_square(shape, finite: bool) -> None:
 
 def _cholesky_diag_torch(sigma: torch.Tensor, damping: float) -> torch.Tensor:
     s = sigma.to(torch.float64)
-    _check_square(s.shape, bool(torch.isfinite(s).all()))
+    _check_square(s.shape, all_finite(s))
     if not (math.isfinite(damping) and damping >= 0):
         raise WfvizError(f"Damping must be a number >= 0 (e.g. 0.01), got {damping}.")
     if damping:

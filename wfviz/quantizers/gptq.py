@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import WfvizError
+from ..errors import WfvizError, all_finite
 from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
 
 SCALE_BITS = 16.0
@@ -135,7 +135,7 @@ def check_sigma(sigma, n: int | None = None) -> torch.Tensor:
         raise WfvizError(f"Σ must be {n}×{n} to match W's {n} columns, got "
                          f"{tuple(sigma.shape)}.")
     s = sigma.to(torch.float64)
-    if not bool(torch.isfinite(s).all()):
+    if not all_finite(s):
         raise WfvizError("Σ contains NaN or infinite entries; fix the data first.")
     return s
 
@@ -144,7 +144,7 @@ def check_weights(W) -> None:
     """Raise WfvizError unless W is a finite, non-empty 2-D floating tensor."""
     if not isinstance(W, torch.Tensor) or W.ndim != 2 or 0 in W.shape:
         raise WfvizError("W must be a non-empty 2-D torch.Tensor of shape (a, n).")
-    if not W.is_floating_point() or not bool(torch.isfinite(W).all()):
+    if not W.is_floating_point() or not all_finite(W):
         raise WfvizError("W must hold finite floating-point numbers; fix the weights first.")
 
 

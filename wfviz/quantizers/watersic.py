@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import WfvizError
+from ..errors import WfvizError, all_finite
 from ..rates import RATE_METRICS, measure_rate
 from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
 from .search import RateCurveSearch
@@ -230,7 +230,7 @@ def _check_sigma(sigma) -> torch.Tensor:
     if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or sigma.shape[0] == 0:
         raise WfvizError(f"Σ must be a non-empty square matrix, got shape {tuple(sigma.shape)}.")
     s = sigma.to(torch.float64)
-    if not bool(torch.isfinite(s).all()):
+    if not all_finite(s):
         raise WfvizError("Σ contains NaN or infinite entries; fix the statistics first.")
     return s
 
@@ -603,7 +603,7 @@ def _check_inputs(W, sigma, rate_metric):
     if sigma.shape != (W.shape[1], W.shape[1]):
         raise WfvizError(f"Σ must be {W.shape[1]}×{W.shape[1]} to match W's {W.shape[1]} columns, "
                          f"got {tuple(sigma.shape)}.")
-    if not bool(torch.isfinite(W).all()):
+    if not all_finite(W):
         raise WfvizError("W contains NaN or infinite entries; fix the weights first.")
     if rate_metric not in RATE_METRICS or rate_metric == "log_cardinality":
         raise WfvizError(f"WaterSIC's codes are unbounded, so its rate must be an entropy or coded "
