@@ -22,16 +22,21 @@ Implementation choices (see ``benchmarks/bench_watersic.py`` for the measurement
   ill-conditioned ``L`` whose feedback amplifies errors); then it runs in float64. The noise bound
   is ``u · √n · (max|y|/c + max_j ‖(L_kj / L_kk)_{k>j}‖)``, ``u = 2⁻²⁴``; rounding noise ``δc``
   in a target adds ``≈ δ² c²`` to that column's ``c²/12`` error, so ``δ = 3·10⁻³`` costs about
-  ``10⁻⁴`` relative distortion. The search decides the precision at every step it tries, so
-  the accepted codes come from a pass in the precision their own step needs. The Cholesky
+  ``10⁻⁴`` relative distortion. The search decides the precision at every round, for the
+  smallest step of the round, so every accepted code comes from a pass at least as precise as
+  its own step needs. The Cholesky
   factorization and the rescalers are always float64. The bound is conservative: float32 and
   float64 passes at one step gave distortions within ``2·10⁻⁴`` (power-law Σ, up to 10 bits)
   to ``3·10⁻³`` (condition number ``e²⁰``), of either sign (codes flip near ties), on Haar-rotated
   Σ with a = n = 1024 (``benchmarks/bench_watersic.py --precision``).
 - **Rate search.** ``c`` is searched on ``log2 c`` (the rate is close to linear in ``−log2 c``
-  with slope ≈ 1 at high rate) by a safeguarded secant/bisection on the full matrix, started
-  from the high-resolution formula ``c = 2^{−h}·√12·GM(√s_i·L_ii)``. The accepted codes are those
-  of the last evaluated pass, so no extra pass is run for the answer, and the reported rate is the
+  with slope ≈ 1 at high rate) on the full matrix, started from the high-resolution formula
+  ``c = 2^{−h}·√12·GM(√s_i·L_ii)``. Several target rates are searched together
+  (:func:`quantize_watersic_rates`, :class:`~wfviz.quantizers.search.RateCurveSearch`): each
+  round is *one* SIC pass over copies of W stacked side by side, one candidate step per target
+  still searching, so the per-column loop overhead is paid once per round, not once per rate
+  (six rates at n = 1536, a = 256 take two or three rounds). The accepted codes are those of
+  the best evaluated pass, so no extra pass is run for the answer, and the reported rate is the
   one measured on those codes.
 - **Rescalers** ``Ŵ = diag(T) Z diag(α ∘ Γ)``, fitted after the SIC by alternating exact least
   squares (:func:`fit_rescalers`), are **off by default**: they cost 16 bits per row and did not
