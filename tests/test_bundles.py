@@ -59,8 +59,14 @@ def test_round_trip(bundle_root, stats):
     np.testing.assert_allclose(full.eigenvalues, np.linalg.eigvalsh(sigma)[::-1], rtol=1e-12)
     np.testing.assert_allclose(full.matrix, sigma, atol=2e-3 * np.abs(sigma).max())
     np.testing.assert_allclose(full.d_by_rotation["identity"], cholesky_diag(sigma), rtol=1e-10)
+    # GPTQ's order: Var(X_j | X_>j), the last one is the plain variance
+    gptq = full.d_gptq_by_rotation["identity"]
+    np.testing.assert_allclose(gptq, cholesky_diag(sigma, order="gptq"), rtol=1e-10)
+    assert gptq[-1] == pytest.approx(sigma[-1, -1], rel=1e-12)
+    assert np.sum(np.log(gptq)) == pytest.approx(np.sum(np.log(full.d_by_rotation["identity"])))
     part = b.layer(0, "o")
     assert part.matrix is None and set(part.d_by_rotation) == {"identity", "hadamard", "act_order"}
+    assert set(part.d_gptq_by_rotation) == set(part.d_by_rotation)
     np.testing.assert_array_equal(part.diagonal, np.diag(stats.sigmas[(0, "o")]))
     # act_order: columns by decreasing variance, so its first d is the largest diagonal entry
     assert part.d_by_rotation["act_order"][0] == pytest.approx(part.diagonal.max(), rel=1e-12)

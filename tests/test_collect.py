@@ -119,7 +119,7 @@ def test_cli_collect_writes_bundle(model_dir, text_file, tmp_path, capsys):
                "--seq-len", "128", "--device", "cpu", "--out", str(out), "--full-layers", "1"])
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["tokens"] == 400 and m["seq_len"] == 128
+    assert m["format_version"] == 2 and m["tokens"] == 400 and m["seq_len"] == 128
     assert m["text"]["name"] == "calib.txt" and len(m["text"]["sha256"]) == 64
     assert str(tmp_path) not in json.dumps(m)  # no absolute paths in the provenance
     assert set(m["versions"]) >= {"wfviz", "torch", "transformers"}

@@ -103,15 +103,40 @@ def test_haar_d_is_the_cholesky_diagonal_of_an_explicit_haar_rotation(damping):
 
 def test_precomputed_d_is_used_without_a_matrix():
     d = np.array([2.0, 1.0, 0.5])
+    dg = np.array([1.0, 1.0, 1.0])  # GPTQ's order: another d with the same product
     cov = Covariance(eigenvalues=np.array([2.5, 0.8, 0.5]), d_by_rotation={"identity": d},
-                     diagonal=np.array([2.0, 1.2, 0.6]))
+                     d_gptq_by_rotation={"identity": dg}, diagonal=np.array([2.0, 1.2, 0.6]))
     np.testing.assert_array_equal(rotated_d(cov, "identity"), d)
+    np.testing.assert_array_equal(rotated_d(cov, "identity", order="gptq"), dg)
     s = layer_stats(cov)
-    assert s["gap_bits"]["identity"] == pytest.approx(gptq_gap_bits(d))
+    assert s["gap_bits"]["identity"] == 0.0  # the predicted gap is GPTQ's
     assert s["dead_features"] == 0
     with pytest.raises(WfvizError, match="damping"):
         rotated_d(cov, "identity", damping=0.01)
     assert layer_stats(cov, damping=0.01)["gap_bits"]["identity"] is None
+
+
+def test_format_1_layer_without_gptq_order_says_to_regenerate():
+    cov = Covariance(eigenvalues=np.array([2.5, 0.8, 0.5]),
+                     d_by_rotation={"identity": np.array([2.0, 1.0, 0.5])}, label="old layer")
+    with pytest.raises(WfvizError, match="regenerate its bundle"):
+        rotated_d(cov, "identity", order="gptq")
+    s = layer_stats(cov)
+    assert s["gap_bits"]["identity"] is None
+    assert any("regenerate" in note for note in s["notes"])
+
+
+def test_predicted_gap_uses_gptq_column_order():
+    """Σ whose natural and reversed Cholesky diagonals differ: the gap follows GPTQ's order."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6, 400)) * np.array([10.0, 1, 1, 1, 1, 0.1])[:, None]
+    X[1] += 3 * X[0]
+    sigma = X @ X.T / 400
+    s = layer_stats(validate_covariance(sigma))
+    natural = gptq_gap_bits(cholesky_diag(sigma))
+    gptq = gptq_gap_bits(cholesky_diag(sigma, order="gptq"))
+    assert abs(natural - gptq) > 0.05
+    assert s["gap_bits"]["identity"] == pytest.approx(gptq, rel=1e-9)
 
 
 def test_singular_matrix_gives_inf_condition_and_damping_note():

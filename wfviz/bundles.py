@@ -20,8 +20,13 @@ import torch
 from .covariance import Covariance
 from .errors import WfvizError
 
-BUNDLE_FORMAT_VERSION = 1
-"""Version of the bundle layout; :func:`load_bundle` refuses other versions."""
+BUNDLE_FORMAT_VERSION = 2
+"""Version of the bundle layout that :func:`wfviz.collect.write_bundle` writes."""
+
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Versions :func:`load_bundle` reads. Version 2 adds GPTQ-order Cholesky diagonals
+(``dg_<rotation>``); a version-1 layer without a full matrix has no GPTQ-order prediction for
+the identity, Hadamard and act-order bases."""
 
 LAYER_INPUTS = ("qkv", "o", "gate_up", "down")
 """The distinct linear-layer inputs of a Llama-style decoder block."""
@@ -143,6 +148,8 @@ class Bundle:
             source_id=f"bundle:{self.name}/{entry['block']}/{name}",
             notes=tuple(entry.get("notes", ())),
             d_by_rotation={r: arrays[f"d_{r}"] for r in D_ROTATIONS if f"d_{r}" in arrays},
+            d_gptq_by_rotation={r: arrays[f"dg_{r}"] for r in D_ROTATIONS
+                                if f"dg_{r}" in arrays},
             diagonal=arrays["diagonal"],
         )
 
@@ -231,10 +238,10 @@ def _open_bundle(path: Path) -> Bundle:
     except (OSError, ValueError) as exc:
         raise WfvizError(f"Cannot read {path / MANIFEST} ({exc}); regenerate the bundle.") from exc
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise WfvizError(
-            f"Bundle {path} has format version {version!r} but this wfviz reads version "
-            f"{BUNDLE_FORMAT_VERSION}; regenerate it with 'wfviz collect'."
+            f"Bundle {path} has format version {version!r} but this wfviz reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; regenerate it with 'wfviz collect'."
         )
     return Bundle(name=path.name, path=path, manifest=manifest)
 

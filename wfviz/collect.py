@@ -325,7 +325,9 @@ def tokenize(tokenizer, text: str, tokens: int) -> list[int]:
 
 
 def _d_by_rotation(sigma: np.ndarray) -> tuple[dict, float]:
-    """Cholesky diagonals in the stored bases, with the smallest damping that factorises."""
+    """Cholesky diagonals in the stored bases and both orders, keyed like the ``.npz`` arrays
+    (``d_<rotation>`` WaterSIC's, ``dg_<rotation>`` GPTQ's), with the smallest damping that
+    factorises."""
     from .rotations import get_rotation
     from .theory import cholesky_diag
 
@@ -333,7 +335,9 @@ def _d_by_rotation(sigma: np.ndarray) -> tuple[dict, float]:
                for r in D_ROTATIONS}
     for damping in (0.0, 1e-10, 1e-8, 1e-6):
         try:
-            return {r: cholesky_diag(s, damping=damping) for r, s in rotated.items()}, damping
+            return {f"{key}_{r}": cholesky_diag(s, damping=damping, order=order)
+                    for r, s in rotated.items()
+                    for key, order in (("d", "watersic"), ("dg", "gptq"))}, damping
         except WfvizError:
             continue
     raise WfvizError("Σ_X stays singular even with damping 1e-6; collect more tokens.")
@@ -352,10 +356,9 @@ def _layer_arrays(sigma: np.ndarray, full: bool) -> tuple[dict, dict]:
                      f"(min {lam[-1]:.3g}) to 0")
         lam = np.clip(lam, 0.0, None)
     d, damping = _d_by_rotation(sigma)
-    arrays = {"eigenvalues": lam, "diagonal": np.diag(sigma).copy(),
-              **{f"d_{r}": v for r, v in d.items()}}
+    arrays = {"eigenvalues": lam, "diagonal": np.diag(sigma).copy(), **d}
     entry = {"n": int(sigma.shape[0]), "has_full": full, "cholesky_damping": damping,
-             "gap_bits_identity": gptq_gap_bits(d["identity"]), "notes": notes}
+             "gap_bits_identity": gptq_gap_bits(d["dg_identity"]), "notes": notes}
     if damping:
         notes.append(f"Cholesky diagonals use damping {damping:g} × mean(diag) (Σ_X is near "
                      "singular)")
@@ -372,7 +375,8 @@ def _stored_vectors(lam, vec, entry, damping) -> tuple[np.ndarray, dict]:
     for dt in _VECTOR_DTYPES:
         stored = vec.astype(dt)
         try:
-            got = gptq_gap_bits(cholesky_diag(rebuild_sigma(lam, stored), damping=damping))
+            got = gptq_gap_bits(cholesky_diag(rebuild_sigma(lam, stored), damping=damping,
+                                              order="gptq"))
         except WfvizError:
             continue
         if abs(got - want) <= GAP_CHECK_BITS:

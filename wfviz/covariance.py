@@ -27,7 +27,9 @@ class Covariance:
         Things the loader did that the user should know (e.g. clipped tiny negative eigenvalues).
     d_by_rotation : dict
         Precomputed Cholesky diagonals d = diag(L)² keyed by rotation name, for bundle layers
-        without a full matrix.
+        without a full matrix, in WaterSIC's order (``d_j = Var(X_j | X_<j)``).
+    d_gptq_by_rotation : dict
+        The same in GPTQ's order (``d_j = Var(X_j | X_>j)``; bundle format 2 and later).
     diagonal : ndarray, optional
         diag(Σ_X) when known without the full matrix (bundles).
     """
@@ -38,6 +40,7 @@ class Covariance:
     source_id: str = ""
     notes: tuple[str, ...] = ()
     d_by_rotation: dict = field(default_factory=dict)
+    d_gptq_by_rotation: dict = field(default_factory=dict)
     diagonal: np.ndarray | None = None
 
     @property

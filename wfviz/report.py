@@ -13,7 +13,7 @@ import numpy as np
 
 from .bundles import LAYER_INPUT_NAMES, LAYER_INPUTS, Bundle
 from .errors import WfvizError
-from .stats import haar_d
+from .stats import haar_d, rotated_d
 from .theory import gptq_gap_bits
 
 PAPER_CLAIM = ("Llama-3-8B (paper): GPTQ with a random rotation is within 0.1 bit of WaterSIC, "
@@ -38,8 +38,8 @@ def layer_gaps(bundle: Bundle, block: int, name: str, *, haar_seeds: int = 5) ->
     haar = _haar_gaps(cov.eigenvalues, haar_seeds)
     return {
         "block": block, "input": name, "n": cov.n, "has_full": cov.is_full,
-        "identity": gptq_gap_bits(cov.d_by_rotation["identity"]),
-        "hadamard": gptq_gap_bits(cov.d_by_rotation["hadamard"]),
+        "identity": gptq_gap_bits(rotated_d(cov, "identity", order="gptq")),
+        "hadamard": gptq_gap_bits(rotated_d(cov, "hadamard", order="gptq")),
         "haar": float(haar.mean()), "haar_std": float(haar.std(ddof=1)) if haar.size > 1 else 0.0,
         "haar_min": float(haar.min()), "haar_max": float(haar.max()),
     }

@@ -70,7 +70,8 @@ def haar_d(eigenvalues, *, seed: int = 0, damping: float = 0.0) -> np.ndarray:
     return ((r1_diag / t_diag) ** 2).numpy()
 
 
-def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float = 0.0) -> np.ndarray:
+def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float = 0.0,
+              order: str = "watersic") -> np.ndarray:
     """Cholesky diagonal ``d = diag(L)²`` of Σ_X after ``rotation``.
 
     Parameters
@@ -83,6 +84,10 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
         Seed of the random rotations (haar, hadamard signs).
     damping : float
         Relative damping passed to :func:`wfviz.theory.cholesky_diag`.
+    order : {"watersic", "gptq"}
+        ``Var(X_j | X_<j)`` (WaterSIC's per-column variances) or ``Var(X_j | X_>j)`` (what
+        GPTQ's first-to-last order sees, which its predicted gap needs); see
+        :func:`wfviz.theory.cholesky_diag`.
 
     Returns
     -------
@@ -94,9 +99,10 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     distribution of a Haar rotation of ``diag(λ)``) are always computed from the eigenvalues, so
     full and eigenvalues-only sources agree. The Haar sample is seeded here and is not the matrix
     ``wfviz.rotations`` builds for the same seed; for large ``n`` the gap barely depends on the
-    sample. A precomputed undamped ``cov.d_by_rotation[rotation]`` (bundles; Hadamard only for
-    seed 0) is used when present; without it and without the full matrix, the basis-dependent
-    rotations raise :class:`WfvizError`.
+    sample; it is a valid sample for either order (reversing the columns keeps the Haar law). A
+    precomputed undamped ``cov.d_by_rotation[rotation]`` (or ``d_gptq_by_rotation``; bundles,
+    Hadamard only for seed 0) is used when present; without it and without the full matrix,
+    the basis-dependent rotations raise :class:`WfvizError`.
 
     Examples
     --------
@@ -107,11 +113,12 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     if rotation not in ROTATIONS:
         raise WfvizError(f"Unknown rotation {rotation!r}; choose one of {', '.join(ROTATIONS)}.")
     damping = _check_damping(damping)
-    stored = rotation in cov.d_by_rotation and (rotation != "hadamard" or seed == 0)
+    table = cov.d_gptq_by_rotation if order == "gptq" else cov.d_by_rotation
+    stored = rotation in table and (rotation != "hadamard" or seed == 0)
     if stored and not damping:
         # Bundles store d computed from the exact float64 Σ (Hadamard with seed 0): use it even
         # when the full matrix is there, since it is exact and saves an n³ factorisation.
-        return np.asarray(cov.d_by_rotation[rotation], dtype=np.float64)
+        return np.asarray(table[rotation], dtype=np.float64)
     if cov.matrix is None and stored:
         raise WfvizError(f"{cov.label or 'This Σ_X'} has only an undamped precomputed d for "
                          f"{rotation}; damping needs the full matrix, so use damping 0.")
@@ -119,11 +126,14 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
         return _eigenbasis_d(cov.eigenvalues, damping)
     if rotation == "haar":
         return haar_d(cov.eigenvalues, seed=seed, damping=damping)
+    if cov.matrix is None and rotation in cov.d_by_rotation:  # a bundle of format 1
+        raise WfvizError(f"{cov.label or 'This Σ_X'} stores no {order}-order d for {rotation} "
+                         f"and has no full matrix; regenerate its bundle with 'wfviz collect'.")
     if cov.matrix is None:
         raise WfvizError(f"The {rotation} rotation needs the full Σ_X matrix, but "
                          f"{cov.label or 'this source'} has only eigenvalues; load a full matrix.")
     rotated = get_rotation(rotation, cov.n, seed=seed, sigma=cov.matrix).apply_sigma(cov.matrix)
-    return cholesky_diag(rotated, damping=damping)
+    return cholesky_diag(rotated, damping=damping, order=order)
 
 
 def numerical_rank(eigenvalues) -> int:
@@ -175,7 +185,8 @@ def _gap_bits(cov: Covariance, damping: float, seed: int, notes: list) -> dict:
     gaps = {}
     for rotation in ROTATIONS:
         try:
-            gaps[rotation] = gptq_gap_bits(rotated_d(cov, rotation, seed=seed, damping=damping))
+            gaps[rotation] = gptq_gap_bits(rotated_d(cov, rotation, seed=seed, damping=damping,
+                                                     order="gptq"))
         except WfvizError as exc:
             gaps[rotation] = None
             notes.append(f"gap_bits[{rotation}]: {exc}")

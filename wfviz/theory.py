@@ -55,10 +55,19 @@ def _cholesky_failed(damping: float) -> WfvizError:
     )
 
 
-def cholesky_diag(sigma, *, damping: float = 0.0):
+CHOLESKY_ORDERS = ("watersic", "gptq")
+"""Conditioning orders of :func:`cholesky_diag`: WaterSIC decides the columns last to first
+(``d_j = Var(X_j | X_<j)``), GPTQ first to last (``d_j = Var(X_j | X_>j)``)."""
+
+
+def cholesky_diag(sigma, *, damping: float = 0.0, order: str = "watersic"):
     """Innovation variances ``d = diag(L)²`` of ``Σ + damping · mean(diag Σ) · I = L Lᵀ``.
 
-    ``d_j = Var(X_j | X_0..X_{j-1})``; their product is the (damped) determinant.
+    ``order="watersic"`` gives ``d_j = Var(X_j | X_0..X_{j-1})``, the variance each column sees
+    when the columns are decided last to first (WaterSIC); ``order="gptq"`` gives
+    ``d_j = Var(X_j | X_{j+1}..X_{n-1})``, what GPTQ's first-to-last order sees (``1/(2U_jj²)``
+    with ``U`` the upper Cholesky factor of ``H⁻¹ = (2Σ)⁻¹``). Both have the same product, the
+    (damped) determinant, but not the same AM, so the predicted GPTQ gap uses ``"gptq"``.
 
     Parameters
     ----------
@@ -67,6 +76,8 @@ def cholesky_diag(sigma, *, damping: float = 0.0):
     damping : float
         Relative damping, as GPTQ's ``percdamp``: the diagonal gets ``damping`` times the mean
         diagonal added before factorising. 0 means none.
+    order : {"watersic", "gptq"}
+        The conditioning order (see above); ``d`` is returned in the original column order.
 
     Returns
     -------
@@ -82,7 +93,16 @@ def cholesky_diag(sigma, *, damping: float = 0.0):
     --------
     >>> cholesky_diag(np.array([[4.0, 2.0], [2.0, 2.0]])).tolist()
     [4.0, 1.0]
+    >>> np.round(cholesky_diag(np.array([[4.0, 2.0], [2.0, 2.0]]), order="gptq"), 12).tolist()
+    [2.0, 2.0]
     """
+    if order not in CHOLESKY_ORDERS:
+        raise WfvizError(f"order must be one of {', '.join(CHOLESKY_ORDERS)}, got {order!r}.")
+    if order == "gptq":  # the reversed matrix's natural order, put back in place
+        flipped = (sigma.flip((0, 1)) if isinstance(sigma, torch.Tensor)
+                   else np.asarray(sigma)[::-1, ::-1])
+        d = cholesky_diag(flipped, damping=damping)
+        return d.flip(0) if isinstance(d, torch.Tensor) else d[::-1].copy()
     if isinstance(sigma, torch.Tensor):
         return _cholesky_diag_torch(sigma, damping)
     s = np.asarray(sigma, dtype=np.float64)
