@@ -49,15 +49,42 @@ def style_figure(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = Fa
     return fig
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def log_tick_text(value: float) -> str:
+    """A log-axis tick label: plain for 0.01 … 1000, else ``m·10ᵏ`` with a superscript.
+
+    Examples
+    --------
+    >>> [log_tick_text(v) for v in (0.05, 20.0, 1e-4, 2e-4)]
+    ['0.05', '20', '10⁻⁴', '2·10⁻⁴']
+    """
+    k = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**k)
+    if -2 <= k <= 2:
+        return f"{value:.{max(0, -k)}f}"
+    power = "10" + str(k).translate(_SUPERSCRIPT)
+    return power if mantissa == 1 else f"{mantissa}·{power}"
+
+
 def _decade_ticks(fig: go.Figure) -> None:
-    """One tick label per decade over more than two decades, else labels at 1, 2 and 5 only
-    (plotly's default labels every digit of a short log range, which bunches up)."""
+    """One tick label per decade over more than two decades, else labels at 1, 2 and 5 only,
+    all the same size (plotly's default labels every digit of a short log range, which
+    bunches up, and its "D2" labels print the 2 and 5 as small bare digits)."""
     ys = [np.asarray(t.y, dtype=np.float64) for t in fig.data if t.y is not None]
     ys = [y[y > 0] for y in ys if y.size]
     ys = [y for y in ys if y.size]
-    if ys:
-        span = np.log10(max(y.max() for y in ys) / min(y.min() for y in ys))
-        fig.update_yaxes(dtick=1 if span > 2 else "D2")
+    if not ys:
+        return
+    lo, hi = min(y.min() for y in ys), max(y.max() for y in ys)
+    if np.log10(hi / lo) > 2:
+        fig.update_yaxes(dtick=1)
+        return
+    ticks = [m * 10.0**k for k in range(int(np.floor(np.log10(lo))) - 1,
+                                        int(np.ceil(np.log10(hi))) + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    fig.update_yaxes(tickvals=inside, ticktext=[log_tick_text(t) for t in inside])
 
 
 def _positive_floor(values: np.ndarray) -> float:
@@ -99,6 +126,25 @@ def top_channels(diag: np.ndarray, k: int = 5, *, min_ratio: float = 0.0) -> np.
     return top[diag[top] >= min_ratio * np.median(diag)]
 
 
+def label_positions(x: np.ndarray, extent: float, *, min_gap: float = 0.06) -> list[str]:
+    """Text positions for point labels at ``x``: above each point, except that a label closer
+    than ``min_gap × extent`` to its left neighbour's goes on the other side (below if the
+    neighbour's is above), so that nearby labels (channels 514 and 541 of 1536) stay legible.
+
+    Examples
+    --------
+    >>> label_positions(np.array([500, 10, 520, 530]), 1000)
+    ['top center', 'top center', 'bottom center', 'top center']
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = ["top center"] * x.size
+    order = np.argsort(x, kind="stable")
+    for prev, cur in zip(order[:-1], order[1:], strict=True):
+        if x[cur] - x[prev] < min_gap * extent and out[prev] == "top center":
+            out[cur] = "bottom center"
+    return out
+
+
 OUTLIER_RATIO = 3.0
 """A channel is called an outlier when E[x_j²] is at least this many times the median."""
 
@@ -112,7 +158,8 @@ def diagonal_figure(diag: np.ndarray, k: int = 5) -> go.Figure:
     fig = go.Figure(go.Scattergl(x=idx, y=_zeros_to(diag[idx], floor), mode="markers",
                                  marker=dict(size=3, color=WATER), name="E[x_j²]"))
     fig.add_trace(go.Scatter(x=top, y=_zeros_to(diag[top], floor), mode="markers+text",
-                             text=[str(j) for j in top], textposition="top center",
+                             text=[str(j) for j in top],
+                             textposition=label_positions(top, diag.size),
                              marker=dict(size=9, color=CODED, symbol="diamond"),
                              name="top outlier channels"))
     return style_figure(fig, "Diagonal of Σ_X (second moment per input channel)",
@@ -138,19 +185,46 @@ def block_average(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> np.ndarray:
     return np.nanmean(padded.reshape(m, step, m, step), axis=(1, 3))
 
 
-def heatmap_figure(matrix: np.ndarray, size: int = HEATMAP_SIZE) -> go.Figure:
-    """log10 |Σ_ij| as a heatmap, block-averaged to at most ``size × size`` cells."""
-    avg = block_average(matrix, size)
+def correlation_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Σ_ij / √(Σ_ii Σ_jj), with 0 wherever a channel is dead (Σ_ii = 0).
+
+    Examples
+    --------
+    >>> correlation_matrix(np.array([[4.0, 2.0], [2.0, 4.0]])).tolist()
+    [[1.0, 0.5], [0.5, 1.0]]
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    scale = np.sqrt(np.clip(np.diag(m), 0.0, None))
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+    return m * inv[:, None] * inv[None, :]
+
+
+def heatmap_figure(matrix: np.ndarray, size: int = HEATMAP_SIZE, *,
+                   correlation: bool = False) -> go.Figure:
+    """log10 |Σ_ij| (or, with ``correlation``, |corr(x_i, x_j)| on a linear 0–1 scale) as a
+    heatmap, block-averaged to at most ``size × size`` cells."""
+    avg = block_average(correlation_matrix(matrix) if correlation else matrix, size)
     step = -(-matrix.shape[0] // avg.shape[0])
-    floor = _positive_floor(avg[np.isfinite(avg)])
-    z = np.log10(_zeros_to(avg, floor))
+    if correlation:
+        # Off-diagonal correlations are mostly small: saturate the colour at their 99th
+        # percentile instead of at the diagonal's 1, or the whole picture is one colour.
+        off = avg[~np.eye(avg.shape[0], dtype=bool)]
+        top = float(np.nanpercentile(off, 99)) if off.size else 1.0
+        z, colorbar = avg, "|corr|"
+        zrange = dict(zmin=0.0, zmax=top if 0 < top < 1 else 1.0)
+        title = "|corr(x_i, x_j)| = |Σ_ij| / √(Σ_ii Σ_jj)"
+    else:
+        floor = _positive_floor(avg[np.isfinite(avg)])
+        z, colorbar, zrange = np.log10(_zeros_to(avg, floor)), "log10 |Σ_ij|", {}
+        title = "|Σ_X| (log colour)"
     ticks = np.arange(avg.shape[0]) * step
-    fig = go.Figure(go.Heatmap(z=z, x=ticks, y=ticks, colorscale="Viridis", name="log10 |Σ|",
-                               colorbar=dict(title=dict(text="log10 |Σ_ij|"))))
+    fig = go.Figure(go.Heatmap(z=z, x=ticks, y=ticks, colorscale="Viridis", name=colorbar,
+                               colorbar=dict(title=dict(text=colorbar)), **zrange))
     fig.update_xaxes(range=[ticks[0] - step / 2, ticks[-1] + step / 2], constrain="domain")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-    title = "|Σ_X| (log colour)" + (f", mean over {step}×{step} blocks" if step > 1 else "")
-    return style_figure(fig, title, "channel j", "channel i", height=520)
+    title += f", mean over {step}×{step} blocks" if step > 1 else ""
+    fig = style_figure(fig, title, "channel j", "channel i", height=480)
+    return fig.update_layout(margin=dict(b=50))
 
 
 def vessel_figure(variances: np.ndarray, theta: float, *, log_y: bool = True) -> go.Figure:
@@ -215,20 +289,29 @@ def dr_curve_figure(rates: np.ndarray, distortions: np.ndarray, point: tuple[flo
                         log_y=True, height=380)
 
 
+def _series_style(n: int, color: str) -> dict:
+    """A per-column series: a line up to 64 columns, dots beyond (a line through thousands of
+    noisy values is a solid band that hides the level lines drawn over it)."""
+    if n <= 64:
+        return dict(mode="lines+markers", line=dict(color=color, width=1.5),
+                    marker=dict(size=5, color=color))
+    return dict(mode="markers", marker=dict(size=3, color=color, opacity=0.6))
+
+
 def cholesky_figure(d: np.ndarray, rotation: str) -> go.Figure:
     """Cholesky diagonal d_j = Var(X_j | X_<j) per column (log y)."""
     d = np.asarray(d, dtype=np.float64)
     idx = plot_index(d.size)
     fig = go.Figure(go.Scatter(x=idx, y=_zeros_to(d[idx], _positive_floor(d)),
-                               mode="lines", name="d_j", line=dict(color=WATER, width=1)))
+                               name="d_j", **_series_style(d.size, WATER)))
     # Level lines as traces: add_hline's annotation lands at 10**value on a log axis.
     ends = [0, d.size - 1]
     fig.add_trace(go.Scatter(x=ends, y=[d.mean()] * 2, mode="lines", name="AM(d)",
-                             line=dict(color=CODED, dash="dash")))
+                             line=dict(color=CODED, dash="dash", width=3)))
     if np.all(d > 0):  # with a zero d_j the geometric mean is 0 and the gap unbounded
         gm = float(np.exp(np.mean(np.log(d))))
         fig.add_trace(go.Scatter(x=ends, y=[gm] * 2, mode="lines", name="GM(d)",
-                                 line=dict(color=INK, dash="dot")))
+                                 line=dict(color=INK, dash="dot", width=3)))
     return style_figure(fig, f"Cholesky diagonal d_j, basis: {rotation}", "column j (SIC order)",
                         "d_j (log)", log_y=True, height=380)
 
@@ -237,8 +320,9 @@ def column_rates_figure(watersic: np.ndarray, gptq_rate: float, rate_axis: str) 
     """WaterSIC's per-column rates (waterfilling over d) against GPTQ's equal rate per column."""
     r = np.asarray(watersic, dtype=np.float64)
     idx = plot_index(r.size)
-    fig = go.Figure(go.Scatter(x=idx, y=r[idx], mode="lines", name="WaterSIC R_j",
-                               line=dict(color=CODED, width=1)))
+    fig = go.Figure(go.Scatter(x=idx, y=r[idx], name="WaterSIC R_j",
+                               **_series_style(r.size, CODED)))
     fig.add_trace(go.Scatter(x=[0, r.size - 1], y=[gptq_rate, gptq_rate], mode="lines",
-                             name="GPTQ (equal rate)", line=dict(color=INK, dash="dash")))
+                             name="GPTQ (equal rate)", line=dict(color=INK, dash="dash",
+                                                                 width=3)))
     return style_figure(fig, "Bits per column", "column j (SIC order)", rate_axis, height=380)

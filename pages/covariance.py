@@ -71,6 +71,10 @@ st.dataframe(pd.DataFrame(gap_rows), hide_index=True,
 missing = [n for n in stats["notes"] if n.startswith("gap_bits[")]
 if missing:
     st.caption("n/a: the rotation needs the full Σ_X matrix, which this source does not have.")
+st.caption("Order matters: these gaps use d_j = Var(X_j | X_<j), SIC from the last column to "
+           "the first. GPTQ decides the columns first to last and sees Var(X_j | X_>j) instead "
+           "(same product, another AM); act-order is designed for that order, so its gap here "
+           "is not GPTQ's. The Quantize page predicts in GPTQ's own order.")
 
 left, right = st.columns(2)
 with left:
@@ -95,6 +99,12 @@ with right:
 
 st.subheader("The matrix")
 if requires_full_matrix(cov, "The heatmap"):
-    st.plotly_chart(heatmap_figure(cov.matrix), width="stretch", key="cov_heatmap")
-    st.caption("Bright rows and columns are outlier channels; off-diagonal structure is the "
-               "correlation that the Cholesky (SIC) order exploits.")
+    left, right = st.columns(2)
+    left.plotly_chart(heatmap_figure(cov.matrix), width="stretch", key="cov_heatmap")
+    left.caption("Bright rows and columns are outlier channels: their scale dominates |Σ|.")
+    right.plotly_chart(heatmap_figure(cov.matrix, correlation=True), width="stretch",
+                       key="cov_corr")
+    right.caption("The same matrix with every channel scaled to unit second moment (colour "
+                  "saturates at the 99th percentile off the diagonal): what is left is the "
+                  "correlation that the Cholesky (SIC) order exploits; d_j = Var(X_j | X_<j) "
+                  "is small where x_j is predictable from earlier channels.")

@@ -187,6 +187,10 @@ def bundle_view() -> None:
     st.dataframe(df, hide_index=True, key="ls_table",
                  column_config={c: _FMT3 for c in df if c.startswith("gap") or c == "AM/GM of λ"}
                  | {"condition number": st.column_config.NumberColumn(format="%.2e")})
+    st.caption("Order matters: these gaps use d_j = Var(X_j | X_<j), SIC from the last column to "
+               "the first. GPTQ decides the columns first to last and sees Var(X_j | X_>j) instead "
+               "(same product, another AM); act-order is designed for that order, so its gap here "
+               "is not GPTQ's. The Quantize page predicts in GPTQ's own order.")
     flagged = df[df["warnings"] != ""]
     if len(flagged):
         st.warning(f"{len(flagged)} layers have suspicious statistics; see the warnings column.")

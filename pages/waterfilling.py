@@ -100,7 +100,9 @@ def _cholesky_panel(cov: Covariance, rate: float) -> None:
         "interference cancellation). Column j then behaves like a scalar source of variance "
         "σ²d_j, the innovation variance Var(X_j | X_<j). **WaterSIC** waterfills over d; "
         "**GPTQ** gives every column the same rate. The basis (rotation or column order) "
-        "changes d but not Π d_j = det Σ_X, so it matters only to GPTQ.")
+        "changes d but not Π d_j = det Σ_X, so it matters only to GPTQ. Here d_j = "
+        "Var(X_j | X_<j) (SIC from the last column to the first); GPTQ, run first to last, "
+        "sees Var(X_j | X_>j): the same product, a somewhat different AM.")
     st.latex(r"\Sigma_X = LL^\top,\ d_j = L_{jj}^2,\qquad "
              r"\Delta R_{\mathrm{GPTQ-WaterSIC}} = \tfrac12\log_2\frac{\mathrm{AM}(d)}"
              r"{\mathrm{GM}(d)},\qquad R^{\mathrm{WaterSIC}}_j \approx R + "
@@ -126,7 +128,8 @@ def _cholesky_panel(cov: Covariance, rate: float) -> None:
         show_error(exc)
         return
     watersic = reverse_waterfill(d, rate=rate)
-    gap = gptq_gap_bits(d)
+    # GPTQ decides the columns first to last, so its d is Var(X_j | X_>j): same GM, other AM
+    gap = gptq_gap_bits(d_for(cov, rotation, order="gptq"))
     cols = st.columns(3)
     cols[0].metric("predicted gap GPTQ − WaterSIC", f"{gap:.3f} bits",
                    help="High-rate gap of entropy-coded GPTQ over WaterSIC for this basis.")

@@ -65,3 +65,25 @@ def test_eigenvalues_only_upload_disables_the_heatmap():
     assert np.isnan(gaps["identity (native channels)"])  # needs the full matrix
     assert gaps["eigenbasis (KLT)"] == pytest.approx(
         gptq_gap_bits(np.geomspace(100.0, 0.01, 50)))
+
+
+def test_correlation_heatmap_and_legible_outlier_labels():
+    src = "synthetic:ar1?n=64&seed=0&basis=native&rho=0.9"
+    at = start(src=src, page=PAGE)
+    corr = figure(at, "cov_corr")["data"][0]
+    z = array(corr["z"])
+    rho = 0.9 ** np.abs(np.subtract.outer(np.arange(64), np.arange(64)))
+    np.testing.assert_allclose(z, rho, rtol=1e-9)  # unit diagonal: Σ is its own correlation
+    off = z[~np.eye(64, dtype=bool)]
+    assert corr["zmin"] == 0 and corr["zmax"] == pytest.approx(np.percentile(off, 99))
+
+
+def test_close_outlier_labels_go_on_both_sides():
+    from pages._figures import diagonal_figure
+
+    diag = np.ones(1536)
+    diag[[402, 514, 541, 1254, 1300]] = [25.8, 19.8, 20.0, 54.4, 20.5]
+    marks = trace(diagonal_figure(diag).to_plotly_json(), "top outlier channels")
+    where = dict(zip(array(marks["x"]).astype(int), marks["textposition"], strict=True))
+    assert where[514] != where[541] and where[1254] != where[1300]
+    assert where[402] == "top center"

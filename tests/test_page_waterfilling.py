@@ -97,3 +97,16 @@ def test_eigenvalues_only_source_offers_only_basis_free_rotations():
     assert sorted(at.selectbox(key="wf_rotation").options) == ["Haar random rotation",
                                                               "eigenbasis (KLT)"]
     assert any("Unavailable for this source" in c.value for c in at.caption)
+
+
+def test_large_d_is_drawn_as_dots_under_its_level_lines():
+    at = start(src=SPIKED, page=PAGE)
+    fig = figure(at, "wf_d")
+    d = rotated_d(resolve_source(SPIKED), "identity")
+    dots = trace(fig, "d_j")
+    assert dots["mode"] == "markers"  # 256 noisy values: a line would hide AM and GM
+    np.testing.assert_allclose(array(dots["y"]), d)
+    np.testing.assert_allclose(array(trace(fig, "AM(d)")["y"]), d.mean())
+    np.testing.assert_allclose(array(trace(fig, "GM(d)")["y"]), np.exp(np.log(d).mean()))
+    rates = trace(figure(at, "wf_col_rates"), "WaterSIC R_j")
+    assert rates["mode"] == "markers"
