@@ -1,91 +1,220 @@
-"""Figures of the Quantize page: measured points against the high-rate theory lines."""
+"""Figures of the Quantize page: measured points against the high-rate theory lines.
+
+numpy and sweep rows in, ``go.Figure`` out, no Streamlit. Marker shape = method, colour =
+rotation; the markers are open and shrink from one rotation to the next, so that points that
+coincide (WaterSIC is basis-free: its points for every rotation sit on top of each other) stay
+visible as concentric rings. Theory lines and measured points are in separate legend groups.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import plotly.graph_objects as go
+from scipy.special import ndtr
 
 from pages._figures import CODED, INK, WATER, style_figure
 from wfviz.theory import (
     WATERSIC_GAP_BITS,
-    gptq_ec_distortion,
     gptq_gap_bits,
     it_distortion,
     watersic_distortion,
 )
+from wfviz.waterfilling import reverse_waterfill
 
 _SYMBOLS = {"watersic": "circle", "gptq-ec": "diamond", "gptq": "square", "rtn": "x"}
+_SIZES = [17, 13, 9, 6, 4]
 _DASHES = ["dash", "dot", "dashdot", "longdash", "longdashdot"]
 _ROTATION_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
+_THEORY = dict(legendgroup="theory", legendgrouptitle=dict(text="High-rate theory"))
+_MEASURED = dict(legendgroup="measured", legendgrouptitle=dict(text="Measured"))
+_GPTQ_FAMILY = ("gptq-ec", "gptq", "rtn")
 
 
 def _color(rotations: list[str], rotation: str) -> str:
     return _ROTATION_COLORS[rotations.index(rotation) % len(_ROTATION_COLORS)]
 
 
+def _legend_right(fig: go.Figure) -> go.Figure:
+    """A vertical legend right of the plot: two groups of up to ten entries read better there
+    than in rows under the x axis."""
+    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top",
+                                  groupclick="toggleitem", tracegroupgap=14),
+                      margin=dict(r=20, b=60))
+    return fig
+
+
 def _points(fig: go.Figure, rows: list[dict], rotations: list[str], y_key: str) -> None:
     for method in dict.fromkeys(r["method"] for r in rows):
-        for rot in rotations:
+        for k, rot in enumerate(rotations):
             pts = [r for r in rows if r["method"] == method and r["rotation"] == rot]
             if pts:
                 fig.add_trace(go.Scatter(
                     x=[p["rate"] for p in pts], y=[p[y_key] for p in pts], mode="markers",
-                    name=f"{method} · {rot}",
-                    marker=dict(symbol=_SYMBOLS.get(method, "circle"), size=10,
+                    name=f"{method} · {rot}", **_MEASURED,
+                    marker=dict(symbol=_SYMBOLS.get(method, "circle") + "-open",
+                                size=_SIZES[min(k, len(_SIZES) - 1)],
+                                line=dict(width=2, color=_color(rotations, rot)),
                                 color=_color(rotations, rot))))
 
 
-def dr_figure(rows: list[dict], eigenvalues: np.ndarray, d_by_rotation: dict[str, np.ndarray],
+def gptq_gaps(rows: list[dict], d_by_rotation: dict[str, np.ndarray]) -> dict[str, float]:
+    """Predicted high-rate gap of entropy-coded GPTQ over WaterSIC (bits) per rotation.
+
+    Taken from the sweep's own ``predicted_gap_bits`` (GPTQ's column order, GPTQ-EC's
+    damping), so the lines agree with the table; ``½ log2(AM(d)/GM(d))`` of the given ``d``
+    only for a rotation without a GPTQ-family row. Empty when no GPTQ-family method ran.
+    """
+    if not any(r["method"] in _GPTQ_FAMILY for r in rows):
+        return {}
+    out = {}
+    for rot, d in d_by_rotation.items():
+        pred = [r["predicted_gap_bits"] for r in rows
+                if r["rotation"] == rot and r["method"] in _GPTQ_FAMILY
+                and r.get("predicted_gap_bits") is not None]
+        out[rot] = float(pred[0]) - WATERSIC_GAP_BITS if pred else float(gptq_gap_bits(d))
+    return out
+
+
+def _positive(y: np.ndarray) -> np.ndarray | list:
+    """``y`` for a log axis: None where it is not positive (a singular Σ has GM(λ) = 0)."""
+    y = np.asarray(y, dtype=np.float64)
+    return y if np.all(y > 0) else [float(v) if v > 0 else None for v in y]
+
+
+def dr_figure(rows: list[dict], eigenvalues: np.ndarray, gaps: dict[str, float],
               rate_axis: str, variance: float = 1.0) -> go.Figure:
-    """Measured distortion against the IT limit, WaterSIC and GPTQ-EC high-rate lines (log y)."""
+    """Measured distortion against the IT limit, WaterSIC and GPTQ-EC high-rate lines (log y).
+
+    ``gaps``: rotation → predicted GPTQ-EC − WaterSIC gap in bits (:func:`gptq_gaps`); its
+    line is WaterSIC's times ``2^(2·gap) = AM(d)/GM(d)``.
+    """
     lo = min(r["rate"] for r in rows)
     hi = max(r["rate"] for r in rows)
     grid = np.linspace(max(0.0, lo - 0.25), hi + 0.25, 80)
+    ws = watersic_distortion(eigenvalues, grid, variance=variance)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=grid, y=it_distortion(eigenvalues, grid, variance=variance),
-                             mode="lines", name="IT limit (exact waterfilling)",
+                             mode="lines", name="IT limit (exact waterfilling)", **_THEORY,
                              line=dict(color=WATER, width=3)))
-    fig.add_trace(go.Scatter(x=grid, y=watersic_distortion(eigenvalues, grid, variance=variance),
-                             mode="lines", name="WaterSIC theory (2πe/12)·GM(λ)",
+    fig.add_trace(go.Scatter(x=grid, y=_positive(ws), mode="lines",
+                             name="WaterSIC (2πe/12)·GM(λ), any basis", **_THEORY,
                              line=dict(color=CODED, width=2)))
-    rotations = list(d_by_rotation)
-    for i, (rot, d) in enumerate(d_by_rotation.items()):
-        fig.add_trace(go.Scatter(x=grid, y=gptq_ec_distortion(d, grid, variance=variance),
-                                 mode="lines", name=f"GPTQ-EC theory · {rot} (AM(d))",
+    rotations = list(dict.fromkeys([*gaps, *(r["rotation"] for r in rows)]))
+    for i, (rot, gap) in enumerate(gaps.items()):
+        fig.add_trace(go.Scatter(x=grid, y=_positive(ws * 2.0 ** (2 * gap)), mode="lines",
+                                 name=f"GPTQ-EC · {rot} (AM(d))", **_THEORY,
                                  line=dict(color=_color(rotations, rot),
                                            dash=_DASHES[i % len(_DASHES)], width=1.5)))
     _points(fig, rows, rotations, "distortion")
-    return style_figure(fig, "Distortion per weight vs rate: measured points and theory", rate_axis,
-                        "D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n) (log)", log_y=True, height=520)
+    fig = style_figure(fig, "Distortion per weight vs rate: measured points and theory",
+                       rate_axis, "D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n) (log)", log_y=True, height=520)
+    return _legend_right(fig)
 
 
-def gap_figure(rows: list[dict], d_by_rotation: dict[str, np.ndarray],
-               rate_axis: str) -> go.Figure:
-    """Measured gap to the IT limit in bits, with the high-rate predictions as lines."""
+def gap_figure(rows: list[dict], gaps: dict[str, float], rate_axis: str,
+               bias: tuple[np.ndarray, np.ndarray, int] | None = None) -> go.Figure:
+    """Measured gap to the IT limit in bits, with the high-rate predictions as lines.
+
+    ``bias``: ``(rates, bits, rows)``, the plug-in entropy's expected shortfall with that many
+    codes per column (:func:`plugin_entropy_bias`); drawn as the WaterSIC line minus it.
+    """
     rates = [r["rate"] for r in rows]
     ends = [min(rates) - 0.1, max(rates) + 0.1]
-    fig = go.Figure(go.Scatter(x=ends, y=[WATERSIC_GAP_BITS] * 2, mode="lines",
-                               name=f"WaterSIC theory: {WATERSIC_GAP_BITS:.4f} bit",
+    fig = go.Figure(go.Scatter(x=ends, y=[WATERSIC_GAP_BITS] * 2, mode="lines", **_THEORY,
+                               name=f"WaterSIC: {WATERSIC_GAP_BITS:.4f} bit, any basis",
                                line=dict(color=CODED, width=2)))
-    rotations = list(d_by_rotation)
-    for i, (rot, d) in enumerate(d_by_rotation.items()):
-        pred = WATERSIC_GAP_BITS + gptq_gap_bits(d)
-        fig.add_trace(go.Scatter(x=ends, y=[pred] * 2, mode="lines",
-                                 name=f"GPTQ-EC theory · {rot}: {pred:.3f} bit",
+    if bias is not None:
+        x, b, n_rows = bias
+        fig.add_trace(go.Scatter(
+            x=x, y=WATERSIC_GAP_BITS - np.asarray(b), mode="lines", **_THEORY,
+            name=f"WaterSIC as read from {n_rows} codes per column", line=dict(
+                color=CODED, width=1.5, dash="dot")))
+    rotations = list(dict.fromkeys([*gaps, *(r["rotation"] for r in rows)]))
+    for i, (rot, gap) in enumerate(gaps.items()):
+        pred = WATERSIC_GAP_BITS + gap
+        fig.add_trace(go.Scatter(x=ends, y=[pred] * 2, mode="lines", **_THEORY,
+                                 name=f"GPTQ-EC · {rot}: {pred:.3f} bit",
                                  line=dict(color=_color(rotations, rot),
                                            dash=_DASHES[i % len(_DASHES)], width=1.5)))
     _points(fig, rows, rotations, "gap_bits")
     fig.add_hline(y=0.0, line=dict(color=INK, width=1))
-    return style_figure(fig, "Gap to the information-theoretic limit, ½·log2(D / D_IT(R))",
-                        rate_axis, "gap (bits per weight)", height=460)
+    fig.add_annotation(xref="paper", x=0, y=0, yref="y", text="IT limit", showarrow=False,
+                       xanchor="left", yanchor="bottom", font=dict(color=INK, size=11))
+    fig = style_figure(fig, "Gap to the information-theoretic limit, ½·log2(D / D_IT(R))",
+                       rate_axis, "gap (bits per weight)", height=460)
+    return _legend_right(fig)
 
 
-def column_rate_figure(measured: np.ndarray, predicted: np.ndarray, rotation: str) -> go.Figure:
-    """WaterSIC's measured per-column entropies against R + ½log2(d_j/GM(d)), clipped at 0."""
-    x = np.arange(measured.size)
-    fig = go.Figure(go.Scatter(x=x, y=measured, mode="markers", name="measured (column entropy)",
-                               marker=dict(size=4, color=CODED)))
-    fig.add_trace(go.Scatter(x=x, y=predicted, mode="lines", name="theory R + ½log2(d_j/GM(d))",
-                             line=dict(color=INK, width=1)))
-    return style_figure(fig, f"WaterSIC bits per column, basis: {rotation}", "column j",
-                        "bits per weight (per-column entropy of the codes)", height=420)
+def column_rate_figure(measured: np.ndarray, d: np.ndarray, rotation: str) -> go.Figure:
+    """WaterSIC's measured entropy per column against waterfilling over ``d`` at the same mean.
+
+    x is ``½ log2(d_j / GM(d))``: how many bits column j's innovation variance is above the
+    average. At high rate the theory is the diagonal ``R̄ + x``; it bends to 0 where a column
+    falls below the water. Trace ``"theory"`` holds the sorted theory, ``"measured"`` the
+    columns in SIC order.
+    """
+    measured = np.asarray(measured, dtype=np.float64)
+    d = np.maximum(np.asarray(d, dtype=np.float64), 1e-300)
+    log_d = np.log2(d)
+    x = 0.5 * (log_d - log_d.mean())
+    theory = reverse_waterfill(d, rate=max(float(measured.mean()), 1e-9)).rates
+    order = np.argsort(x, kind="stable")
+    fig = go.Figure(go.Scatter(x=x, y=measured, mode="markers", name="measured",
+                               marker=dict(size=5, color=CODED, opacity=0.55),
+                               hovertemplate="column %{text}<br>x = %{x:.2f}<br>"
+                                             "%{y:.2f} bits<extra></extra>",
+                               text=[str(j) for j in range(x.size)]))
+    fig.add_trace(go.Scatter(x=x[order], y=theory[order], mode="lines", name="theory",
+                             line=dict(color=INK, width=2)))
+    fig.update_layout(showlegend=True)
+    fig.data[0].name = "measured: entropy of column j's codes"
+    fig.data[1].name = f"theory: waterfilling over d at the mean {measured.mean():.2f} bits"
+    return style_figure(fig, f"WaterSIC bits per column vs its innovation variance, basis: "
+                             f"{rotation}",
+                        "½·log2(d_j / GM(d)), bits (column j's innovation vs the average)",
+                        "bits per weight of column j (per-column entropy)", height=440)
+
+
+@functools.lru_cache(maxsize=256)
+def _bias_one(rate: float, rows: int, trials: int, seed: int) -> float:
+    # The step whose discretised N(0, 1) has entropy `rate` exactly (bisection on log2 step).
+    def entropy(step: float) -> float:
+        k = np.arange(-np.ceil(9.0 / step) - 1, np.ceil(9.0 / step) + 2)
+        p = ndtr((k + 0.5) * step) - ndtr((k - 0.5) * step)
+        p = p[p > 0]
+        return float(-(p * np.log2(p)).sum())
+
+    lo, hi = -14.0, 6.0  # log2 of the step; entropy falls as the step grows
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if entropy(2.0**mid) > rate else (lo, mid)
+    step = 2.0 ** (0.5 * (lo + hi))
+    codes = np.rint(np.random.default_rng(seed).standard_normal((trials, rows)) / step)
+    codes = (codes - codes.min(axis=1, keepdims=True)).astype(np.int64)
+    width = int(codes.max()) + 1
+    counts = np.bincount((codes + width * np.arange(trials)[:, None]).ravel(),
+                         minlength=width * trials).reshape(trials, width) / rows
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plug_in = -np.nansum(np.where(counts > 0, counts * np.log2(counts), 0.0), axis=1)
+    return entropy(step) - float(plug_in.mean())
+
+
+def plugin_entropy_bias(rates, rows: int, *, trials: int = 200, seed: int = 0) -> np.ndarray:
+    """Expected shortfall (bits) of the plug-in entropy of ``rows`` codes of one column.
+
+    Model: a column of ``rows`` i.i.d. Gaussian values rounded with the uniform step whose
+    exact entropy is ``rate``; the shortfall is that entropy minus the mean plug-in
+    (empirical-histogram) entropy over ``trials`` simulated columns. About
+    ``(K − 1)/(2·rows·ln 2)`` for ``K`` used levels while ``K ≪ rows``; it is what makes
+    per-column entropies read low at high rate with few rows.
+
+    Examples
+    --------
+    >>> b = plugin_entropy_bias([2.0, 6.0], 256)
+    >>> bool(0 < b[0] < 0.02 < b[1] < 0.6)
+    True
+    """
+    return np.array([_bias_one(round(float(r), 3), int(rows), trials, seed) for r in
+                     np.atleast_1d(rates)])

@@ -3,23 +3,21 @@
 import numpy as np
 import streamlit as st
 
-from pages._quantize_figures import column_rate_figure, dr_figure, gap_figure
+from pages._quantize_results import show_results
 from pages._ui import (
     ROTATION_NAMES,
     cov_key,
     current_covariance,
-    d_for,
     ensure_frame,
     show_error,
     source_caption,
 )
 from wfviz.device import DEVICES, device_label
 from wfviz.errors import WfvizError
-from wfviz.experiments import sweep, table_to_csv
-from wfviz.quantize import quantize
+from wfviz.experiments import sweep
 from wfviz.quantizers import METHODS
 from wfviz.quantizers.base import Cancelled
-from wfviz.rates import RATE_METRICS, column_entropy_bits, rate_axis_label
+from wfviz.rates import RATE_METRICS
 
 RESULTS_KEY = "q_results"
 CANCEL_KEY = "q_cancel_requested"
@@ -60,8 +58,10 @@ def _controls() -> dict | None:
                               key="q_rotations", format_func=lambda r: ROTATION_NAMES[r])
         c1, c2, c3, c4 = st.columns(4)
         lo = c1.number_input("Lowest rate", 1.0, 12.0, 1.0, 0.5, key="q_rate_lo")
-        hi = c2.number_input("Highest rate", 1.0, 12.0, 6.0, 0.5, key="q_rate_hi")
-        points = c3.number_input("Rates", 1, 12, 6, 1, key="q_points")
+        hi = c2.number_input("Highest rate", 1.0, 12.0, 5.0, 0.5, key="q_rate_hi",
+                             help="With 256 rows, per-column entropies read low "
+                                  "above about 5 bits.")
+        points = c3.number_input("Rates", 1, 12, 5, 1, key="q_points")
         rows = c4.number_input("Rows of W", 16, 8192, 256, 16, key="q_rows",
                                help="Few rows make per-column entropy read low at high rate.")
         c1, c2, c3 = st.columns(3)
@@ -115,73 +115,7 @@ if settings is not None:
 result = st.session_state.get(RESULTS_KEY)
 if not result or result["source"] != cov_key(cov):
     st.info("Choose the settings and press **Run**. The default (2 methods × 3 rotations × "
-            "6 rates, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
+            "5 rates, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
     st.stop()
 
-rows, settings = result["rows"], result["settings"]
-metric = settings["rate_metric"]
-axis = rate_axis_label(metric)
-d_by_rot = {r: d_for(cov, r, seed=settings["seed"]) for r in settings["rotations"]}
-st.caption(f"Every measured rate on this page is counted as **{metric}** "
-           f"({RATE_METRICS[metric]}); theory lines are in bits per weight of an ideal code. "
-           "W has rows i.i.d. N(0, 1), so σ² = 1. GPTQ/RTN targets are grid bits; their points "
-           "sit at the rate measured by the same metric.")
-
-if metric == "column_entropy" and max(settings["rates"]) > np.log2(settings["rows"]) - 3:
-    st.warning(
-        f"Each column's entropy is estimated from only {settings['rows']} codes. Above about "
-        f"{np.log2(settings['rows']) - 3:.0f} bits that plug-in estimate reads low (its bias is "
-        "about (K−1)/(2·rows·ln 2) bits for K used levels), so high-rate points can even look "
-        "better than the IT limit. Use more rows, or the pooled_entropy metric, for high rates.")
-fig_dr = dr_figure(rows, cov.eigenvalues, d_by_rot, axis)
-st.plotly_chart(fig_dr, width="stretch", key="q_dr")
-fig_gap = gap_figure(rows, d_by_rot, axis)
-st.plotly_chart(fig_gap, width="stretch", key="q_gap")
-st.markdown(
-    "WaterSIC should sit ½·log2(2πe/12) ≈ 0.2546 bit above the limit at high rate in **every** "
-    "basis; entropy-coded GPTQ adds ½·log2(AM(d)/GM(d)), which a random rotation shrinks. "
-    "Below about 4 bits both gaps grow (error feedback of large errors). With few rows the "
-    "per-column entropy of the codes is estimated from few samples and reads low at high rate.")
-
-
-@st.cache_data(max_entries=8, show_spinner="Running WaterSIC once for the per-column view…")
-def _column_entropies(key: str, rotation: str, rate: float, rows: int, seed: int, metric: str,
-                      _cov) -> np.ndarray:
-    W = np.random.default_rng(seed).standard_normal((rows, _cov.n))
-    res = quantize(W, _cov, method="watersic", rate=rate, rotation=rotation, seed=seed,
-                   rate_metric=metric if metric != "log_cardinality" else "column_entropy")
-    return column_entropy_bits(res.codes)
-
-
-if "watersic" in settings["methods"]:
-    rot = settings["rotations"][0]
-    mid = settings["rates"][len(settings["rates"]) // 2]
-    try:
-        measured = _column_entropies(cov_key(cov), rot, mid, settings["rows"],
-                                     settings["seed"], metric, cov)
-        mean_rate = float(measured.mean())
-        d = d_by_rot[rot]
-        gm = np.exp(np.mean(np.log(np.maximum(d, 1e-300))))
-        predicted = np.maximum(0.0, mean_rate + 0.5 * np.log2(np.maximum(d, 1e-300) / gm))
-        st.plotly_chart(column_rate_figure(measured, predicted, rot), width="stretch",
-                        key="q_cols")
-        st.caption(f"WaterSIC at target {mid} bits in the {rot} basis: measured per-column "
-                   "entropy of the integer codes (side info excluded) against the high-rate "
-                   "prediction, clipped at 0 where a column falls below the water.")
-    except (WfvizError, MemoryError) as exc:
-        show_error(exc)
-
-st.subheader("Results")
-st.dataframe(rows, width="stretch", key="q_table")
-c1, c2 = st.columns(2)
-c1.download_button("Download CSV", table_to_csv(rows), file_name="wfviz_sweep.csv",
-                   mime="text/csv", key="q_csv")
-if c2.button("Prepare PNG of the D-R chart", key="q_png_prepare"):
-    try:
-        png = fig_dr.to_image(format="png", width=1200, height=700)
-    except Exception:  # kaleido needs a Chrome; report it in one sentence instead of a trace
-        st.error("PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); "
-                 "install one, or use the camera icon of the chart.")
-    else:
-        c2.download_button("Download PNG", png, file_name="wfviz_dr.png", mime="image/png",
-                           key="q_png")
+show_results(cov, result)
