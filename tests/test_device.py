@@ -65,3 +65,26 @@ def test_mps_runs_float64_work_on_cpu():
     assert dv.float64_device(torch.device("mps"), notices.append) == torch.device("cpu")
     assert notices == [dv.MPS_NOTICE]
     assert dv.float64_device(torch.device("cuda")) == torch.device("cuda")
+
+
+def test_cpu_out_of_memory_is_one_clear_sentence():
+    def fn(d):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough "
+                           "memory: you tried to allocate 1644167168 bytes.")
+
+    with pytest.raises(WfvizError, match="ran out of memory") as err:
+        dv.run_with_oom_fallback(fn, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_gpu_fallback_that_also_exhausts_the_cpu_says_so():
+    notes = []
+
+    def fn(d):
+        if d.type == "cpu":
+            raise MemoryError()
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(WfvizError, match="ran out of memory"):
+        dv.run_with_oom_fallback(fn, torch.device("cuda"), notes.append)
+    assert notes == [dv.OOM_NOTICE]

@@ -92,10 +92,28 @@ def float64_device(device: torch.device, notice: Callable[[str], None] | None = 
     return torch.device("cpu")
 
 
+_OOM_TEXTS = ("out of memory", "not enough memory", "can't allocate memory")
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or (isinstance(exc, RuntimeError)
-                                    and "out of memory" in str(exc).lower())
+    return isinstance(exc, (oom, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS))
+
+
+def _cpu_oom_error() -> WfvizError:
+    return WfvizError("The CPU ran out of memory for this run (an n×n float64 matrix takes "
+                      "8·n² bytes, and a sweep holds about four); use fewer rows or rotations, "
+                      "a smaller Σ, or a machine with more memory.")
+
+
+def _on_cpu(fn, device):
+    try:
+        return fn(device)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _cpu_oom_error() from exc
+        raise
 
 
 def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.device,
@@ -115,13 +133,18 @@ def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.de
     -------
     Whatever ``fn`` returns.
 
+    Raises
+    ------
+    WfvizError
+        When the CPU (first choice or fallback) runs out of memory, in one sentence.
+
     Examples
     --------
     >>> run_with_oom_fallback(lambda d: d.type, torch.device("cpu"))
     'cpu'
     """
     if device.type == "cpu":
-        return fn(device)
+        return _on_cpu(fn, device)
     try:
         return fn(device)
     except Exception as exc:
@@ -131,4 +154,4 @@ def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.de
         torch.cuda.empty_cache()
     if notice is not None:
         notice(OOM_NOTICE)
-    return fn(torch.device("cpu"))
+    return _on_cpu(fn, torch.device("cpu"))
