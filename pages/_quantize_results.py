@@ -156,8 +156,8 @@ def show_results(cov, result: dict) -> None:
                        mime="text/csv", key="q_csv")
     if c2.button("Prepare PNG of the D-R chart", key="q_png_prepare"):
         try:
-            png = dr_figure(rows, cov.eigenvalues, gaps, axis).to_image(
-                format="png", width=1400, height=700)
+            png = dr_figure(rows, cov.eigenvalues, gaps, axis).update_layout(
+                margin=dict(l=90, r=60, t=60)).to_image(format="png", width=1400, height=700)
         except Exception:  # kaleido needs a Chrome; report it in one sentence, not a trace
             st.error("PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); "
                      "install one, or use the camera icon of the chart.")

@@ -157,3 +157,18 @@ def test_metric_is_named_on_the_axis(metric):
     assert "pooled entropy" in figure(at, "q_dr")["layout"]["xaxis"]["title"]["text"]
     assert {r["rate_metric"] for r in at.session_state["q_results"]["rows"]} == {metric}
     assert not at.warning  # the plug-in bias warning is about per-column entropy only
+
+
+def test_png_export_of_the_dr_chart():
+    at = _run(start(src=SMALL, page=PAGE), q_methods=["watersic"], rotations=["identity"],
+              q_rows=128, q_rate_lo=3.0, q_rate_hi=3.0, q_points=1)
+    at.button(key="q_png_prepare").click().run()
+    assert not at.exception, at.exception
+    buttons = [b for b in at.get("download_button") if b.proto.id.endswith("-q_png")]
+    errors = [e.value for e in at.error]
+    # kaleido renders through a Chrome; without one the page says so in one sentence
+    assert len(buttons) == 1 or errors == [
+        "PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); install one, "
+        "or use the camera icon of the chart."]
+    if buttons:
+        assert buttons[0].proto.label == "Download PNG"
