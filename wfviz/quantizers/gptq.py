@@ -287,19 +287,20 @@ def sic_pass(W: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, *, bounds=No
         Wt = Wk[:, i1:i2].T.contiguous()  # one column per contiguous row
         Et = torch.empty_like(Wt)
         Ub = U[i1:i2, i1:i2]
+        # The loop is bound by per-operation overhead: make every per-column view up front.
+        ws, es, e_rows = Wt.unbind(0), Et.unbind(0), Et.unsqueeze(1).unbind(0)
+        u_diag = torch.diagonal(Ub).tolist()
         for i in range(i2 - i1):
             j = i1 + i
             if group_size > 0 and j % group_size == 0 and j > 0:
                 scale = sym_scale(Wk[:, j:j + group_size], levels)
                 used.append(scale)
-            w = Wt[i]
-            c = torch.round(w / scale)
+            c = torch.div(ws[i], scale, out=codes_t[j]).round_()
             if bounds is not None:
                 c.clamp_(bounds[0], bounds[1])
-            codes_t[j] = c
-            Et[i] = (w - scale * c) / Ub[i, i]
+            torch.addcmul(ws[i], scale, c, value=-1.0, out=es[i]).div_(u_diag[i])
             # a K=1 GEMM: torch's addr_ is about 80x slower on the CPU
-            Wt[i + 1:].addmm_(Ub[i, i + 1:, None], Et[i, None, :], alpha=-1.0)
+            Wt[i + 1:].addmm_(Ub[i, i + 1:, None], e_rows[i], alpha=-1.0)
         if i2 < n:
             Wk[:, i2:].addmm_(Et.T, U[i1:i2, i2:], alpha=-1.0)
         if progress is not None:

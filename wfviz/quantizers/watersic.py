@@ -309,38 +309,44 @@ def _sic_blocked(Wt, L, steps, ls_gain, block, cancel):
     ``Wt`` is ``m × (B·a)``: ``B`` copies of the ``a`` rows side by side, copy ``b`` rounded
     with the whitened step ``steps[b]`` (rows are independent, so one loop serves ``B`` steps).
     Returns the codes ``Zt`` (same shape) and the gains ``γ`` (``m × B``).
+
+    The column loop is bound by per-operation overhead (each column is only ``B·a`` numbers),
+    so every per-column view is made once up front and the loop body issues about a dozen
+    tensor operations; ``γ`` is recovered afterwards from the weight-domain scales.
     """
     m, width = Wt.shape
     B = steps.numel()
     a = width // B
     diag = torch.diagonal(L)
     row_step = steps.repeat_interleave(a)
-    alpha = steps[None, :] / diag[:, None]  # weight-domain step of column k in copy b
-    row_alpha = alpha.repeat_interleave(a, dim=1) if not ls_gain else None
+    inv_diag = (1.0 / diag).tolist()
     Yt = Wt * diag[:, None]  # row j holds L_jj W_j plus the feedback received so far
     Et = torch.empty_like(Wt)
     Zt = torch.empty_like(Wt)
-    gamma = torch.ones(m, B, dtype=Wt.dtype, device=Wt.device)
+    ys, zs = Yt.unbind(0), Zt.unbind(0)
+    zvs, yvs, wvs, evs = (x.view(m, B, a).unbind(0) for x in (Zt, Yt, Wt, Et))
+    e_rows = Et.unsqueeze(1).unbind(0)
+    scale = torch.empty(m, B, dtype=Wt.dtype, device=Wt.device)  # α_k γ_k of every copy
+    scale_rows, scales = scale.unbind(0), scale.unsqueeze(2).unbind(0)
     for end in range(m, 0, -block):
         if cancel is not None and cancel():
             raise Cancelled("WaterSIC was cancelled.")
         start = max(0, end - block)
         for k in range(end - 1, start - 1, -1):
-            y, z = Yt[k], Zt[k]
-            torch.div(y, row_step, out=z).round_()  # half to even
+            torch.div(ys[k], row_step, out=zs[k]).round_()  # half to even
+            zv = zvs[k]
             if ls_gain:
-                zv = z.view(B, a)
-                zz = torch.linalg.vecdot(zv, zv)
-                # z = 0 gives ⟨z, y⟩ = 0, hence γ = 0: the column reconstructs to zero
-                g = torch.linalg.vecdot(zv, y.view(B, a)).div_(zz.clamp_min_(1).mul_(steps))
-                gamma[k] = g
-                torch.sub(Wt[k].view(B, a), zv * (g * alpha[k])[:, None], out=Et[k].view(B, a))
+                # α_k γ_k = ⟨z, y⟩ / (‖z‖² L_kk); z = 0 gives ⟨z, y⟩ = 0, a zero column
+                zz = torch.linalg.vecdot(zv, zv).clamp_min_(1)
+                torch.linalg.vecdot(zv, yvs[k], out=scale_rows[k]).div_(zz).mul_(inv_diag[k])
             else:
-                torch.sub(Wt[k], z * row_alpha[k], out=Et[k])
+                torch.mul(steps, inv_diag[k], out=scale_rows[k])
+            torch.addcmul(wvs[k], zv, scales[k], value=-1.0, out=evs[k])
             if k > start:  # a K=1 GEMM: addr_ is much slower on the CPU
-                Yt[start:k].addmm_(L[k, start:k, None], Et[k, None, :])
+                Yt[start:k].addmm_(L[k, start:k, None], e_rows[k])
         if start > 0:
             Yt[:start].addmm_(L[start:end, :start].T, Et[start:end])
+    gamma = scale * diag[:, None] / steps[None, :] if ls_gain else torch.ones_like(scale)
     return Zt, gamma
 
 
