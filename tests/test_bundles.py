@@ -156,9 +156,11 @@ def test_shipped_arrays_consistent(shipped):
         assert np.all(arrays["diagonal"] > 0)
         log_det = float(np.sum(np.log(lam)))
         for r in ("identity", "hadamard", "act_order"):
-            d = arrays[f"d_{r}"]
-            assert math.isclose(float(np.sum(np.log(d))), log_det, rel_tol=1e-6), (e["file"], r)
-        assert gptq_gap_bits(arrays["d_identity"]) == pytest.approx(e["gap_bits_identity"])
+            for key in ("d", "dg"):  # both orders keep the determinant
+                d = arrays[f"{key}_{r}"]
+                assert math.isclose(float(np.sum(np.log(d))), log_det, rel_tol=1e-6), \
+                    (e["file"], key, r)
+        assert gptq_gap_bits(arrays["dg_identity"]) == pytest.approx(e["gap_bits_identity"])
         if e["has_full"]:
             assert e["full_check"]["passed"] and e["full_check"]["abs_error_bits"] <= 0.01
 
@@ -168,6 +170,8 @@ def test_shipped_full_layer_reproduces_gap(shipped):
     assert cov.is_full and cov.label.startswith("SmolLM2-135M-Instruct (Q4_1) · block 15")
     got = gptq_gap_bits(cholesky_diag(cov.matrix))
     assert got == pytest.approx(gptq_gap_bits(cov.d_by_rotation["identity"]), abs=0.01)
+    got = gptq_gap_bits(cholesky_diag(cov.matrix, order="gptq"))
+    assert got == pytest.approx(gptq_gap_bits(cov.d_gptq_by_rotation["identity"]), abs=0.01)
 
 
 def test_shipped_dir_is_in_repo():
