@@ -15,12 +15,7 @@ import plotly.graph_objects as go
 from scipy.special import ndtr
 
 from pages._figures import CODED, INK, WATER, style_figure
-from wfviz.theory import (
-    WATERSIC_GAP_BITS,
-    gptq_gap_bits,
-    it_distortion,
-    watersic_distortion,
-)
+from wfviz.theory import WATERSIC_GAP_BITS, it_distortion, watersic_distortion
 from wfviz.waterfilling import reverse_waterfill
 
 _SYMBOLS = {"watersic": "circle", "gptq-ec": "diamond", "gptq": "square", "rtn": "x"}
@@ -59,21 +54,19 @@ def _points(fig: go.Figure, rows: list[dict], rotations: list[str], y_key: str) 
                                 color=_color(rotations, rot))))
 
 
-def gptq_gaps(rows: list[dict], d_by_rotation: dict[str, np.ndarray]) -> dict[str, float]:
+def gptq_gaps(rows: list[dict], rotations) -> dict[str, float]:
     """Predicted high-rate gap of entropy-coded GPTQ over WaterSIC (bits) per rotation.
 
-    Taken from the sweep's own ``predicted_gap_bits`` (GPTQ's column order, GPTQ-EC's
-    damping), so the lines agree with the table; ``½ log2(AM(d)/GM(d))`` of the given ``d``
-    only for a rotation without a GPTQ-family row. Empty when no GPTQ-family method ran.
+    The sweep's own ``predicted_gap_bits`` (GPTQ's column order, GPTQ-EC's damping), so the
+    lines agree with the table. Empty when no GPTQ-family method ran (then no line is drawn).
     """
-    if not any(r["method"] in _GPTQ_FAMILY for r in rows):
-        return {}
     out = {}
-    for rot, d in d_by_rotation.items():
+    for rot in rotations:
         pred = [r["predicted_gap_bits"] for r in rows
                 if r["rotation"] == rot and r["method"] in _GPTQ_FAMILY
                 and r.get("predicted_gap_bits") is not None]
-        out[rot] = float(pred[0]) - WATERSIC_GAP_BITS if pred else float(gptq_gap_bits(d))
+        if pred:
+            out[rot] = float(pred[0]) - WATERSIC_GAP_BITS
     return out
 
 

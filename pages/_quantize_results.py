@@ -18,7 +18,7 @@ from pages._quantize_figures import (
     gptq_gaps,
     plugin_entropy_bias,
 )
-from pages._ui import ROTATION_NAMES, cov_key, d_for, show_error
+from pages._ui import ROTATION_NAMES, cov_key, show_error
 from wfviz.errors import WfvizError
 from wfviz.experiments import COLUMNS, table_to_csv
 from wfviz.rates import RATE_METRICS, rate_axis_label
@@ -105,12 +105,7 @@ def show_results(cov, result: dict) -> None:
     rows, settings = result["rows"], result["settings"]
     metric = settings["rate_metric"]
     axis = rate_axis_label(metric)
-    try:
-        d_by_rot = {r: d_for(cov, r, seed=settings["seed"]) for r in settings["rotations"]}
-    except WfvizError as exc:
-        show_error(exc)
-        return
-    gaps = gptq_gaps(rows, d_by_rot)
+    gaps = gptq_gaps(rows, settings["rotations"])
     side = SCALE_BITS / settings["rows"]
     st.caption(
         f"Every measured rate on this page is counted as **{metric}** ({RATE_METRICS[metric]}); "

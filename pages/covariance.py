@@ -71,10 +71,9 @@ st.dataframe(pd.DataFrame(gap_rows), hide_index=True,
 missing = [n for n in stats["notes"] if n.startswith("gap_bits[")]
 if missing:
     st.caption("n/a: the rotation needs the full Σ_X matrix, which this source does not have.")
-st.caption("Order matters: these gaps use d_j = Var(X_j | X_<j), SIC from the last column to "
-           "the first. GPTQ decides the columns first to last and sees Var(X_j | X_>j) instead "
-           "(same product, another AM); act-order is designed for that order, so its gap here "
-           "is not GPTQ's. The Quantize page predicts in GPTQ's own order.")
+st.caption("GPTQ decides the columns first to last, so these gaps use the d it sees, "
+           "d_j = Var(X_j | X_>j): the same product as WaterSIC's Var(X_j | X_<j), another AM "
+           "(act-order, largest E[x_j²] first, is designed for that order).")
 
 left, right = st.columns(2)
 with left:

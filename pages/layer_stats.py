@@ -91,10 +91,14 @@ def _bundle_table(name: str, path: str, stamp: float) -> pd.DataFrame:
     for e in manifest["layers"]:
         with np.load(Path(path) / e["file"], allow_pickle=False) as z:
             lam, diag = z["eigenvalues"], z["diagonal"]
-            gaps = {r: gptq_gap_bits(z[f"d_{r}"]) for r in ("identity", "hadamard", "act_order")
-                    if f"d_{r}" in z.files}
+            # GPTQ's own order (dg_*, bundle format 2) when stored, else WaterSIC's (d_*)
+            keys = {r: f"dg_{r}" if f"dg_{r}" in z.files else f"d_{r}"
+                    for r in ("identity", "hadamard", "act_order")}
+            gaps = {r: gptq_gap_bits(z[k]) for r, k in keys.items() if k in z.files}
+            gptq_order = all(k.startswith("dg_") for r, k in keys.items() if k in z.files)
         rows.append({"block": e["block"], "input": e["input"], "full Σ_X": e["has_full"],
-                     **_row(lam, diag, gaps, tokens, list(e.get("notes", ())))})
+                     **_row(lam, diag, gaps, tokens, list(e.get("notes", ()))),
+                     "GPTQ order": gptq_order})
     from wfviz.bundles import LAYER_INPUTS
 
     order = {name: k for k, name in enumerate(LAYER_INPUTS)}
@@ -184,13 +188,19 @@ def bundle_view() -> None:
         haar = _haar_gaps(name, stamp)
         df["gap Haar"] = [haar.get((b, i)) for b, i in zip(df["block"], df["input"], strict=True)]
     df["input"] = df["input"].astype(str)
+    gptq_order = bool(df.pop("GPTQ order").all())
     st.dataframe(df, hide_index=True, key="ls_table",
                  column_config={c: _FMT3 for c in df if c.startswith("gap") or c == "AM/GM of λ"}
                  | {"condition number": st.column_config.NumberColumn(format="%.2e")})
-    st.caption("Order matters: these gaps use d_j = Var(X_j | X_<j), SIC from the last column to "
-               "the first. GPTQ decides the columns first to last and sees Var(X_j | X_>j) instead "
-               "(same product, another AM); act-order is designed for that order, so its gap here "
-               "is not GPTQ's. The Quantize page predicts in GPTQ's own order.")
+    if gptq_order:
+        st.caption("Gaps from the d GPTQ sees deciding the columns first to last, "
+                   "Var(X_j | X_>j) (act-order, largest E[x_j²] first, is designed for that "
+                   "order).")
+    else:
+        st.caption("This bundle (format 1) stores d only in WaterSIC's order, Var(X_j | X_<j), "
+                   "for some layers: their gaps are not GPTQ's, which decides the columns first "
+                   "to last and sees Var(X_j | X_>j) (same product, another AM; act-order's gap "
+                   "reads far too large). Regenerate the bundle with 'wfviz collect'.")
     flagged = df[df["warnings"] != ""]
     if len(flagged):
         st.warning(f"{len(flagged)} layers have suspicious statistics; see the warnings column.")

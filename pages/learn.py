@@ -301,9 +301,10 @@ def step_rotations():
     diag[:spikes] = 300.0
     sigma = _ar1(32, 0.5) * np.sqrt(np.outer(diag, diag))
     rotated = get_rotation(rot, 32, seed=0, sigma=sigma).apply_sigma(sigma)
-    d0, d1 = cholesky_diag(sigma), cholesky_diag(rotated)
-    fig = _bars(d0, "identity", "d_j before and after the rotation", "d_j (log)",
-                color="#9aa5b1")
+    # GPTQ decides the columns first to last: its d_j is Var(X_j | X_>j)
+    d0, d1 = cholesky_diag(sigma, order="gptq"), cholesky_diag(rotated, order="gptq")
+    fig = _bars(d0, "identity", "GPTQ's d_j = Var(X_j | X_>j) before and after the rotation",
+                "d_j (log)", color="#9aa5b1")
     fig.add_trace(go.Bar(x=np.arange(32), y=d1, name=ROTATION_NAMES[rot], marker_color=CODED))
     _chart(fig, "learn_fig_rot")
     c1, c2, c3 = st.columns(3)
@@ -312,20 +313,29 @@ def step_rotations():
     c3.metric("Σ log2 d_j, both bases (WaterSIC's D)",
               f"{np.log2(d0).sum():.2f} = {np.log2(d1).sum():.2f}")
     st.caption("Σ_X: an AR(1) correlation (ρ = 0.5) among 32 channels, the first ones scaled "
-               "up as outliers. Try the eigenbasis: GPTQ's gap is then at its largest.")
+               "up as outliers; d in GPTQ's first-to-last order. Try the eigenbasis: GPTQ's gap "
+               "is then at its largest. Act-order puts the outliers first, where GPTQ conditions "
+               "them on every other channel.")
 
 
 # --------------------------------------------------------------------------- 6 · real layers
 @st.cache_data(max_entries=64, show_spinner=False)
-def _block_gaps(bundle_name: str, block: int) -> list[dict]:
+def _block_gaps(bundle_name: str, block: int) -> tuple[list[dict], bool]:
+    """Predicted gap per layer input of ``block``, and whether it is in GPTQ's column order.
+
+    GPTQ's order (``d_gptq_by_rotation``, bundle format 2) when every layer stores it; else
+    WaterSIC's order, without act-order (designed for GPTQ's order, it reads far too large).
+    """
     bundle = load_bundle(bundle_name)
+    covs = {label: bundle.layer(block, inp) for inp, label in LAYER_INPUT_NAMES.items()}
+    gptq = all(c.d_gptq_by_rotation for c in covs.values())
+    bases = ("identity", "act_order", "hadamard") if gptq else ("identity", "hadamard")
     table = []
-    for inp, label in LAYER_INPUT_NAMES.items():
-        cov = bundle.layer(block, inp)
+    for label, cov in covs.items():
+        ds = cov.d_gptq_by_rotation if gptq else cov.d_by_rotation
         table.append({"input": label, "n": cov.n, **{
-            ROTATION_NAMES[r]: round(float(gptq_gap_bits(cov.d_by_rotation[r])), 3)
-            for r in ("identity", "hadamard") if r in cov.d_by_rotation}})
-    return table
+            ROTATION_NAMES[r]: round(float(gptq_gap_bits(ds[r])), 3) for r in bases if r in ds}})
+    return table, gptq
 
 
 def step_real_layers():
@@ -335,8 +345,8 @@ def step_real_layers():
         "**SmolLM2-135M-Instruct** (4-bit GGUF weights) on WikiText-2; no Llama-3-8B bundle is "
         "shipped. The High-Rate papers report that after a random rotation GPTQ is within "
         "0.1 bit of WaterSIC on Llama-3-8B, depending on the layer type. Here: the predicted "
-        "high-rate gap of every layer input of one block, from the stored Cholesky diagonals "
-        "(natural column order, as in step 3).")
+        "high-rate gap of every layer input of one block, from the stored Cholesky "
+        "diagonals.")
     st.latex(r"\tfrac12\log_2\frac{\operatorname{AM}(d)}{\operatorname{GM}(d)} \le 0.1"
              r"\iff \frac{\operatorname{AM}(d)}{\operatorname{GM}(d)} \le 1.1487")
     bundles = installed_bundles()
@@ -346,10 +356,10 @@ def step_real_layers():
     bundle = bundles[0]
     last = max(b for b, *_ in bundle.layers)
     block = st.slider("block", 0, last, min(15, last), key="learn_block")
-    table = _block_gaps(bundle.name, block)
+    table, gptq_order = _block_gaps(bundle.name, block)
     fig = go.Figure()
     bases = [k for k in table[0] if k not in ("input", "n")]
-    colors = {"identity (native channels)": "#9aa5b1"}
+    colors = {"identity (native channels)": "#9aa5b1", "act-order (sort by diag Σ)": WATER}
     for basis in bases:
         fig.add_trace(go.Bar(x=[row["input"] for row in table], y=[row[basis] for row in table],
                              name=basis, marker_color=colors.get(basis, CODED),
@@ -361,7 +371,9 @@ def step_real_layers():
     _chart(fig, "learn_fig_real")
     st.dataframe(table, width="stretch", key="learn_table", hide_index=True,
                  column_config={b: st.column_config.NumberColumn(format="%.3f") for b in bases})
-    st.caption(LLAMA3_HINT)
+    st.caption(("d in GPTQ's first-to-last order, Var(X_j | X_>j). " if gptq_order else
+                "This bundle stores d only in WaterSIC's order, Var(X_j | X_<j) (format 1; "
+                "regenerate it with 'wfviz collect' for GPTQ's). ") + LLAMA3_HINT)
     if st.button("Open this block's down_proj input on the Waterfilling page", key="learn_open"):
         select_source(f"bundle:{bundle.name}/{block}/down", page="pages/waterfilling.py")
 

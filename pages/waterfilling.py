@@ -100,9 +100,10 @@ def _cholesky_panel(cov: Covariance, rate: float) -> None:
         "interference cancellation). Column j then behaves like a scalar source of variance "
         "σ²d_j, the innovation variance Var(X_j | X_<j). **WaterSIC** waterfills over d; "
         "**GPTQ** gives every column the same rate. The basis (rotation or column order) "
-        "changes d but not Π d_j = det Σ_X, so it matters only to GPTQ. Here d_j = "
-        "Var(X_j | X_<j) (SIC from the last column to the first); GPTQ, run first to last, "
-        "sees Var(X_j | X_>j): the same product, a somewhat different AM.")
+        "changes d but not Π d_j = det Σ_X, so it matters only to GPTQ. The chart shows "
+        "WaterSIC's d_j = Var(X_j | X_<j) (columns decided last to first); the predicted gap "
+        "uses the d GPTQ sees deciding first to last, Var(X_j | X_>j): the same product, "
+        "another AM.")
     st.latex(r"\Sigma_X = LL^\top,\ d_j = L_{jj}^2,\qquad "
              r"\Delta R_{\mathrm{GPTQ-WaterSIC}} = \tfrac12\log_2\frac{\mathrm{AM}(d)}"
              r"{\mathrm{GM}(d)},\qquad R^{\mathrm{WaterSIC}}_j \approx R + "

@@ -39,8 +39,13 @@ def test_bundle_table_heatmap_and_claim(toy):
     assert len(df) == len(toy.layers) == 12
     row = df[(df["block"] == 2) & (df["input"] == "o")].iloc[0]
     layer = toy.layer(2, "o")
-    assert row["gap identity"] == pytest.approx(gptq_gap_bits(layer.d_by_rotation["identity"]))
-    assert row["gap Hadamard"] == pytest.approx(gptq_gap_bits(layer.d_by_rotation["hadamard"]))
+    # GPTQ's own column order (bundle format 2 stores it next to WaterSIC's)
+    gptq_d = layer.d_gptq_by_rotation
+    assert row["gap identity"] == pytest.approx(gptq_gap_bits(gptq_d["identity"]))
+    assert row["gap Hadamard"] == pytest.approx(gptq_gap_bits(gptq_d["hadamard"]))
+    assert row["gap act-order"] == pytest.approx(gptq_gap_bits(gptq_d["act_order"]))
+    assert "GPTQ order" not in df.columns
+    assert any(c.value.startswith("Gaps from the d GPTQ sees") for c in at.caption)
     assert row["n"] == 16 and "tokens < n" in row["warnings"]
     assert at.warning and "12 layers" in at.warning[0].value
     z = array(figure(at, "ls_heatmap")["data"][0]["z"])

@@ -125,7 +125,11 @@ def test_rotation_step_keeps_the_determinant():
     assert metric(at, "GPTQ gap, identity (bits)") == f"{gptq_gap_bits(d0):.3f}"
     gaps = [float(metric(at, f"GPTQ gap, {r} (bits)")) for r in ("identity", "eigenbasis (KLT)")]
     assert gaps[1] > gaps[0]  # d = λ: the worst basis for GPTQ
-    assert d0 == pytest.approx(cholesky_diag(np.diag(d0)))  # sanity of the helper
+    rotated_sigma = np.ones(32)
+    rotated_sigma[:3] = 300.0
+    sigma = 0.5 ** np.abs(np.subtract.outer(np.arange(32), np.arange(32))) * np.sqrt(
+        np.outer(rotated_sigma, rotated_sigma))
+    np.testing.assert_allclose(d0, cholesky_diag(sigma, order="gptq"), rtol=1e-9)  # GPTQ's d
 
 
 def test_real_layers_step_shows_the_bundled_gaps():
@@ -134,9 +138,13 @@ def test_real_layers_step_shows_the_bundled_gaps():
     block = at.slider(key="learn_block").value
     fig = figure(at, "learn_fig_real")
     hadamard = array(trace(fig, "randomized Hadamard")["y"])
-    expected = [gptq_gap_bits(bundle.layer(block, i).d_by_rotation["hadamard"])
-                for i in ("qkv", "o", "gate_up", "down")]
+    covs = [bundle.layer(block, i) for i in ("qkv", "o", "gate_up", "down")]
+    gptq = all(c.d_gptq_by_rotation for c in covs)  # GPTQ's own order when the bundle has it
+    expected = [gptq_gap_bits((c.d_gptq_by_rotation if gptq else c.d_by_rotation)["hadamard"])
+                for c in covs]
     np.testing.assert_allclose(hadamard, expected, atol=5e-4)  # rounded to 3 decimals
+    names = [t["name"] for t in fig["data"]]
+    assert ("act-order (sort by diag Σ)" in names) == gptq
     assert [s["y0"] for s in fig["layout"]["shapes"]] == [0.1]
 
 
