@@ -7,7 +7,13 @@ Run with ``streamlit run app.py``. This file is the frame of every page: page co
 import sys
 from pathlib import Path
 
+import pandas  # noqa: F401  (see below)
 import streamlit as st
+
+# Import pandas before any page runs: Plotly reads pandas from sys.modules without importing it,
+# so while one session's first st.dataframe imports pandas, every other session building a figure
+# met a half-initialised module (AttributeError: module 'pandas' has no attribute 'Series'; seen
+# by benchmarks/bench_classroom.py). An import in app.py waits until pandas is complete.
 
 # `streamlit run app.py` puts the script's folder on sys.path only for the entry script's
 # directory at start-up; make `pages._ui` importable for AppTest and other launch directories too.

@@ -15,6 +15,7 @@ from pages._ui import (
 from wfviz.device import DEVICES, device_label
 from wfviz.errors import WfvizError
 from wfviz.experiments import sweep
+from wfviz.jobs import heavy_slot
 from wfviz.quantizers import METHODS
 from wfviz.quantizers.base import Cancelled
 from wfviz.rates import RATE_METRICS
@@ -86,15 +87,39 @@ def _run(settings: dict) -> None:
     st.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
         {CANCEL_KEY: True}))
     with st.status("Quantizing…", expanded=True) as status:
+        queue_note = st.empty()
         bar = st.progress(0.0, text="starting")
         notices = []
 
         def progress(frac, msg):
             bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
 
+        shown = {}
+
+        def waiting(state):
+            # An update is also where Streamlit stops a queued run that the user left.
+            if st.session_state.get(CANCEL_KEY, False):
+                raise Cancelled
+            if shown.get("ahead") == state.ahead and state.waited_s - shown["at"] < 2.0:
+                return
+            shown.update(ahead=state.ahead, at=state.waited_s)
+            runs = "run" if state.ahead == 1 else "runs"
+            status.update(label=f"Queued: {state.ahead} {runs} ahead of you")
+            queue_note.info(f"{state.ahead} {runs} ahead of you; waiting… ({state.waited_s:.0f} s "
+                            "so far: the server runs only a few sweeps at a time, for all "
+                            "sessions together)", icon=":material/hourglass_top:")
+
         try:
-            rows = sweep(cov, **settings, progress=progress, notice=notices.append,
-                         cancel=lambda: st.session_state.get(CANCEL_KEY, False))
+            with heavy_slot(on_wait=waiting) as slot:
+                if slot.waited:
+                    status.update(label="Quantizing…")
+                    queue_note.caption(f"Waited {slot.wait_s:.1f} s behind {slot.first_ahead} "
+                                       f"run{'s' if slot.first_ahead != 1 else ''} of other "
+                                       "sessions.")
+                else:
+                    queue_note.empty()
+                rows = sweep(cov, **settings, progress=progress, notice=notices.append,
+                             cancel=lambda: st.session_state.get(CANCEL_KEY, False))
         except Cancelled:
             status.update(label="Cancelled; the previous results are kept.", state="error")
             return
