@@ -124,10 +124,10 @@ def _stats(key: str, _cov: Covariance, seed: int) -> dict:
 
 
 @st.cache_data(max_entries=64, show_spinner="Cholesky factorisation…")
-def _rotated_d(key: str, _cov: Covariance, rotation: str, seed: int) -> np.ndarray:
+def _rotated_d(key: str, _cov: Covariance, rotation: str, seed: int, order: str) -> np.ndarray:
     from wfviz.stats import rotated_d
 
-    return rotated_d(_cov, rotation, seed=seed)
+    return rotated_d(_cov, rotation, seed=seed, order=order)
 
 
 @st.cache_data(max_entries=16)
@@ -150,12 +150,14 @@ def stats_for(cov: Covariance, *, seed: int = 0) -> dict:
     return _stats(cov_key(cov), cov, seed)
 
 
-def d_for(cov: Covariance, rotation: str, *, seed: int = 0) -> np.ndarray:
+def d_for(cov: Covariance, rotation: str, *, seed: int = 0, order: str = "watersic") -> np.ndarray:
     """Cholesky diagonal ``d`` after ``rotation`` (``wfviz.stats.rotated_d``), cached per source.
 
-    Raises WfvizError when the rotation needs a full matrix the source lacks.
+    ``order="watersic"`` (``Var(X_j | X_<j)``) gives WaterSIC's per-column variances,
+    ``order="gptq"`` (``Var(X_j | X_>j)``) the ones GPTQ's predicted gap needs. Raises
+    WfvizError when the rotation needs a full matrix the source lacks.
     """
-    return _rotated_d(cov_key(cov), cov, rotation, seed)
+    return _rotated_d(cov_key(cov), cov, rotation, seed, order)
 
 
 def rotation_availability(cov: Covariance) -> dict[str, str | None]:
