@@ -54,6 +54,8 @@ def test_report_text_and_cli(toy, capsys):
     assert main(["report", str(bundle.path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bundle"] == "toy" and out["haar_seeds"] == 5 and len(out["layers"]) == 12
+    assert main(["report", str(bundle.path), "--json", "--haar-seeds", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["haar_seeds"] == 2
 
 
 def test_bad_input(toy, capsys):
@@ -63,6 +65,9 @@ def test_bad_input(toy, capsys):
     assert main(["report", "no-such-bundle"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No bundle named 'no-such-bundle'" in err
+    assert main(["report", str(bundle.path), "--haar-seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wfviz: error:") and "haar_seeds" in err and err.count("\n") == 1
 
 
 def test_measured_gap_matches_prediction_at_high_rate(toy):

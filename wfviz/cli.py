@@ -63,6 +63,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("bundle")
     r.add_argument("--json", action="store_true")
     r.add_argument("--measure", action="store_true", help="also run the quantizers on full layers")
+    r.add_argument("--haar-seeds", type=int, default=5,
+                   help="Haar samples averaged per layer (default 5; 1 is five times faster)")
     return p
 
 
@@ -163,7 +165,8 @@ def _cmd_report(args) -> int:
     from .report import bundle_report, report_text
     from .stats import json_safe
 
-    report = bundle_report(load_bundle(args.bundle), measure=args.measure)
+    report = bundle_report(load_bundle(args.bundle), measure=args.measure,
+                           haar_seeds=args.haar_seeds)
     if args.json:
         _print_json(json_safe(report))
     else:
