@@ -69,6 +69,7 @@ import torch
 from ..errors import WfvizError, all_finite
 from ..rates import RATE_METRICS, measure_rate
 from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
+from .gptq import SUB_BLOCK
 from .search import RateCurveSearch
 
 SIDE_INFO_BITS = 16.0
@@ -319,7 +320,8 @@ def _sic_blocked(Wt, L, steps, ls_gain, block, cancel):
     a = width // B
     diag = torch.diagonal(L)
     row_step = steps.repeat_interleave(a)
-    inv_diag = (1.0 / diag).tolist()
+    # 0-dim tensors: an op with a Python scalar costs ~3x one with a 0-dim tensor here
+    inv_diag = (1.0 / diag).unbind(0)
     Yt = Wt * diag[:, None]  # row j holds L_jj W_j plus the feedback received so far
     Et = torch.empty_like(Wt)
     Zt = torch.empty_like(Wt)
@@ -333,7 +335,8 @@ def _sic_blocked(Wt, L, steps, ls_gain, block, cancel):
             raise Cancelled("WaterSIC was cancelled.")
         start = max(0, end - block)
         for k in range(end - 1, start - 1, -1):
-            torch.div(ys[k], row_step, out=zs[k]).round_()  # half to even
+            torch.div(ys[k], row_step, out=zs[k])
+            torch.round(zs[k], out=zs[k])  # half to even; in-place round_() is ~6x slower
             zv = zvs[k]
             if ls_gain:
                 # α_k γ_k = ⟨z, y⟩ / (‖z‖² L_kk); z = 0 gives ⟨z, y⟩ = 0, a zero column
@@ -342,8 +345,14 @@ def _sic_blocked(Wt, L, steps, ls_gain, block, cancel):
             else:
                 torch.mul(steps, inv_diag[k], out=scale_rows[k])
             torch.addcmul(wvs[k], zv, scales[k], value=-1.0, out=evs[k])
-            if k > start:  # a K=1 GEMM: addr_ is much slower on the CPU
-                Yt[start:k].addmm_(L[k, start:k, None], e_rows[k])
+            # two-level lazy feedback, as in GPTQ's loop: rank-1 (a K=1 GEMM) inside a
+            # sub-block, one GEMM per sub-block for the rest of the block
+            s2 = end - (end - 1 - k) // SUB_BLOCK * SUB_BLOCK
+            s1 = max(start, s2 - SUB_BLOCK)
+            if k > s1:
+                Yt[s1:k].addmm_(L[k, s1:k, None], e_rows[k])
+            elif s1 > start:
+                Yt[start:s1].addmm_(L[s1:s2, start:s1].T, Et[s1:s2])
         if start > 0:
             Yt[:start].addmm_(L[start:end, :start].T, Et[start:end])
     gamma = scale * diag[:, None] / steps[None, :] if ls_gain else torch.ones_like(scale)
