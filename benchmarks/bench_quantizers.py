@@ -44,17 +44,18 @@ def bench_methods(n: int) -> None:
     W = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
     S = S64.float()
     t_mm = best_of(lambda: (W @ S, S @ S))
-    t_prep = best_of(lambda: prepare_gptq(S64, 0.01))
+    t_prep = best_of(lambda: prepare_gptq(S64, 0.01, dtype=torch.float32))
     t_gptq = best_of(lambda: quantize_gptq(W, S64, 4, rate_metric="log_cardinality"))
-    prep = prepare_gptq(S64, 0.01)
+    prep = prepare_gptq(S64, 0.01, dtype=torch.float32)
     t_loop = best_of(lambda: quantize_gptq(W, S64, 4, prepared=prep))
     t_act = best_of(lambda: quantize_gptq(W, S64, 4, GPTQConfig(act_order=True,
                                                                   group_size=128)), 1)
     t_rtn = best_of(lambda: quantize_rtn(W, S64, 4))
     t_ec = best_of(lambda: quantize_gptq_ec(W, S64, 4.0, rate_metric="pooled_entropy"), 1)
-    print(f"a = n = {n}, {torch.get_num_threads()} threads, float32 loop, float64 factor")
+    print(f"a = n = {n}, {torch.get_num_threads()} threads, GPTQ: float32 factor and loop "
+          f"(as the authors' code); GPTQ-EC: float64 factor")
     print(f"  T_mm (W@Σ + Σ@Σ, float32)       {t_mm:8.3f} s   1.00 T_mm")
-    for name, t in [("GPTQ 4 bit (factor + loop)", t_gptq), ("  of which factor (float64)", t_prep),
+    for name, t in [("GPTQ 4 bit (factor + loop)", t_gptq), ("  of which factor (float32)", t_prep),
                     ("GPTQ loop only (prepared)", t_loop),
                     ("GPTQ act-order, groups of 128", t_act), ("RTN 4 bit", t_rtn),
                     ("GPTQ-EC 4 bit (step search)", t_ec)]:

@@ -123,3 +123,17 @@ def test_bad_inputs():
         GPTQConfig(group_size=2.5)
     with pytest.raises(WfvizError, match="rate metric"):
         quantize_gptq(W, S, 3, rate_metric="bogus")
+
+
+def test_float32_factor_falls_back_to_float64_before_damping_more():
+    """An ill-conditioned Σ that float32 cannot factor undamped is factored in float64, undamped."""
+    lam = torch.logspace(0, -12, 64, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.float64))
+    S = (q * lam) @ q.T
+    with pytest.raises(RuntimeError):
+        torch.linalg.cholesky(2 * S.float())
+    prep = prepare_gptq(S, 0.0, dtype=torch.float32)
+    assert prep.damping_used == 0.0 and prep.U.dtype == torch.float64
+    well = prepare_gptq(torch.eye(8, dtype=torch.float64) * 3, 0.01, dtype=torch.float32)
+    assert torch.allclose(well.U, prepare_gptq(torch.eye(8) * 3, 0.01).U, rtol=1e-6)

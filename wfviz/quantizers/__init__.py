@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+import torch
+
 from ..errors import WfvizError
 from .base import Cancelled, MethodOutput
 from .gptq import GPTQConfig, GPTQPrepared, prepare_gptq, quantize_gptq
@@ -62,7 +64,8 @@ class MethodSpec:
 
 
 def _prepare_gptq(sigma, config: GPTQConfig):
-    return prepare_gptq(sigma, config.percdamp, config.act_order)
+    return prepare_gptq(sigma, config.percdamp, config.act_order,
+                        dtype=getattr(torch, config.precision))
 
 
 def _watersic_spec() -> MethodSpec:

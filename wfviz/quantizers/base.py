@@ -56,7 +56,8 @@ MAX_RELATIVE_DAMPING = 0.1
 """Largest relative damping that :func:`damped_cholesky` escalates to before giving up."""
 
 
-def damped_cholesky(A: torch.Tensor, relative: float) -> tuple[torch.Tensor, float, float]:
+def damped_cholesky(A: torch.Tensor, relative: float, *,
+                    escalate: bool = True) -> tuple[torch.Tensor, float, float]:
     """Lower Cholesky factor of ``A + δ·mean(diag A)·I``, escalating ``δ`` when it fails.
 
     ``δ`` starts at ``relative`` and is multiplied by 10 (from at least ``1e-6``) after every
@@ -71,6 +72,9 @@ def damped_cholesky(A: torch.Tensor, relative: float) -> tuple[torch.Tensor, flo
         Symmetric matrix to factor; overwritten on the diagonal.
     relative : float
         The requested relative damping ``δ``.
+    escalate : bool
+        Retry with more damping; False raises at the first failure (a float32 attempt whose
+        caller falls back to float64 before damping more).
 
     Returns
     -------
@@ -103,7 +107,7 @@ def damped_cholesky(A: torch.Tensor, relative: float) -> tuple[torch.Tensor, flo
             return L, rel, added
         del L
         rel = max(10.0 * rel, 1e-6)
-        if rel > MAX_RELATIVE_DAMPING * (1 + 1e-9):
+        if not escalate or rel > MAX_RELATIVE_DAMPING * (1 + 1e-9):
             raise WfvizError(
                 f"Σ is not positive definite even with damping {MAX_RELATIVE_DAMPING:g} × mean "
                 f"diagonal (it has clearly negative eigenvalues); check how Σ was computed "

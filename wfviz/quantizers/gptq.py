@@ -151,8 +151,9 @@ def check_weights(W) -> None:
         raise WfvizError("W must hold finite floating-point numbers; fix the weights first.")
 
 
-def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = False):
-    """Damped inverse-Hessian Cholesky factor ``U`` of GPTQ, in float64.
+def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = False, *,
+                 dtype: torch.dtype = torch.float64):
+    """Damped inverse-Hessian Cholesky factor ``U`` of GPTQ.
 
     Parameters
     ----------
@@ -162,6 +163,11 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
         Relative damping of ``H = 2Σ``.
     act_order : bool
         Sort the columns by descending ``diag H`` first.
+    dtype : torch.dtype
+        Precision of the factorization. float64 by default (Σ may be ill-conditioned and
+        GPTQ-EC's high-rate theory needs ``U`` exactly); GPTQ with a float32 loop factors in
+        float32 as the authors' code does: the damping bounds the condition number, and a
+        float32 failure is retried in float64. ``U`` is float64 either way.
 
     Returns
     -------
@@ -174,6 +180,16 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     True
     """
     s = check_sigma(sigma)
+    if dtype != torch.float64:
+        try:  # float64 factors what float32 cannot before any damping is added
+            return _prepare(s.to(dtype), percdamp, act_order, escalate=False)
+        except WfvizError:
+            pass
+    return _prepare(s, percdamp, act_order)
+
+
+def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
+             escalate: bool = True) -> GPTQPrepared:
     dead = torch.diagonal(s) == 0
     perm = None
     if act_order:  # dead columns count as diag H = 1 in the sort, as in the authors' code
@@ -191,11 +207,11 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     H.mul_(2.0)
     dead_rev = dead.flip(0) if perm is None else dead[perm.flip(0)]
     H[dead_rev, dead_rev] = 1.0
-    L, percdamp_used, damping_abs = damped_cholesky(H, float(percdamp))
+    L, percdamp_used, damping_abs = damped_cholesky(H, float(percdamp), escalate=escalate)
     del H
     R = L.flip(0, 1)
     del L
-    U = upper_triangular_inverse(R)
+    U = upper_triangular_inverse(R).to(torch.float64)
     del R
     diag = torch.diagonal(U)
     strict = (torch.linalg.vector_norm(U, dim=1) ** 2 - diag**2).clamp_min(0).sqrt()
@@ -385,8 +401,8 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     sigma = check_sigma(sigma, n)
     bits = check_bits(rate)
     levels = 2**bits
-    prep = prepared if prepared is not None else prepare_gptq(sigma, config.percdamp,
-                                                              config.act_order)
+    prep = prepared if prepared is not None else prepare_gptq(
+        sigma, config.percdamp, config.act_order, dtype=_DTYPES[config.precision])
     if prep.n != n:
         raise WfvizError("The prepared GPTQ factor is for another Σ; prepare it again.")
     dtype = _DTYPES[config.precision]
