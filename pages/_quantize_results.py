@@ -1,8 +1,8 @@
 """Results section of the Quantize page: charts, the per-column view, tables and exports.
 
 ``show_results(cov, result)`` draws one finished sweep (``result`` as the page stores it:
-``dict(source=..., settings=..., rows=[...])``). It does no sweep itself; the per-column view
-runs WaterSIC once more (cached) to get the codes of one matrix.
+``dict(source=..., settings=..., rows=[...], columns={...})``, ``columns`` from
+``sweep(keep=...)``). It runs no quantizer itself.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pages._quantize_figures import (
     gptq_gaps,
     plugin_entropy_bias,
 )
-from pages._ui import ROTATION_NAMES, cov_key, show_error
-from wfviz.errors import WfvizError
+from pages._ui import ROTATION_NAMES
 from wfviz.experiments import COLUMNS, table_to_csv
 from wfviz.rates import RATE_METRICS, rate_axis_label
 from wfviz.theory import WATERSIC_GAP_BITS
@@ -31,28 +30,6 @@ SCALE_BITS = 16
 _FORMATS = {"target_rate": "%.2f", "rate": "%.3f", "distortion": "%.3e",
             "relative_distortion": "%.3e", "it_limit": "%.3e", "gap_bits": "%.3f",
             "predicted_gap_bits": "%.3f", "time_s": "%.2f"}
-
-
-@st.cache_data(max_entries=8, show_spinner="Running WaterSIC once for the per-column view…")
-def _column_view(key: str, rotation: str, rate: float, rows: int, seed: int, metric: str,
-                 _cov) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column entropies of WaterSIC's codes, and ``d`` of the exact rotated Σ it used."""
-    from wfviz.quantize import quantize, sigma_and_rotation_basis
-    from wfviz.quantizers.watersic import WaterSICConfig
-    from wfviz.rates import column_entropy_bits
-    from wfviz.rotations import get_rotation
-    from wfviz.theory import cholesky_diag
-
-    W = np.random.default_rng(seed).standard_normal((rows, _cov.n))
-    res = quantize(W, _cov, method="watersic", rate=rate, rotation=rotation, seed=seed,
-                   rate_metric=metric if metric != "log_cardinality" else "column_entropy")
-    # d of the Σ WaterSIC factored: the same rotation matrix (a Haar sample of d_for would be
-    # another rotation), the same damping.
-    S, name = sigma_and_rotation_basis(_cov, rotation)
-    Sr = get_rotation(name, _cov.n, seed=seed, sigma=S).apply_sigma(S)
-    d = cholesky_diag(Sr, damping=WaterSICConfig().damping)
-    d = d.cpu().numpy() if hasattr(d, "cpu") else np.asarray(d)
-    return column_entropy_bits(res.codes), d
 
 
 def _bias(settings: dict) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -80,15 +57,19 @@ def _gap_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
-def _column_view_panel(cov, settings: dict, metric: str) -> None:
-    rot = settings["rotations"][0]
-    mid = settings["rates"][len(settings["rates"]) // 2]
-    try:
-        measured, d = _column_view(cov_key(cov), rot, mid, settings["rows"], settings["seed"],
-                                   metric, cov)
-    except (WfvizError, MemoryError) as exc:
-        show_error(exc)
+def _column_view_panel(result: dict) -> None:
+    """WaterSIC's per-column entropies at the middle rate of the first rotation it finished,
+    from the sweep's own codes (``sweep(keep=...)``): no quantization runs here."""
+    settings, kept = result["settings"], result.get("columns", {})
+    done = [(rot, float(r)) for rot in settings["rotations"] for r in settings["rates"]
+            if ("watersic", rot, float(r)) in kept]
+    if not done:
         return
+    rot = done[0][0]
+    rates = [r for ro, r in done if ro == rot]
+    mid = rates[len(rates) // 2]
+    kept = kept[("watersic", rot, mid)]
+    measured, d = kept["column_entropy"], kept["d"]
     st.plotly_chart(column_rate_figure(measured, d, ROTATION_NAMES.get(rot, rot)),
                     width="stretch", key="q_cols")
     below = int(np.count_nonzero(measured < 0.05))
@@ -139,7 +120,7 @@ def show_results(cov, result: dict) -> None:
                "high-rate prediction (GPTQ and RTN: the GPTQ-EC formula, as a reference).")
 
     if "watersic" in settings["methods"]:
-        _column_view_panel(cov, settings, metric)
+        _column_view_panel(result)
 
     st.subheader("Results")
     table = pd.DataFrame(rows)[[c for c in COLUMNS if c in rows[0]]]

@@ -14,6 +14,9 @@ sample big arrays, see docs/ecosystem-and-testing.md §1).
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+import uuid
 
 import numpy as np
 import streamlit as st
@@ -275,8 +278,34 @@ def _apply_pending() -> None:
 
 
 # --------------------------------------------------------------------------- sidebar
+SESSION_WINDOW_S = 300.0
+"""A browser session counts as active for this long after its last full rerun."""
+
+
+@st.cache_resource
+def _session_clock() -> tuple[dict, threading.Lock]:
+    return {}, threading.Lock()
+
+
+def touch_session() -> int:
+    """Mark this session active now; the number of sessions active in the last window.
+
+    Heavy runs limit their torch threads (a core stays free for the others' slider moves)
+    only when more than one session is active; a lone user gets every core.
+    """
+    sid = st.session_state.setdefault("_wfviz_session", uuid.uuid4().hex)
+    clock, lock = _session_clock()
+    now = time.monotonic()
+    with lock:
+        clock[sid] = now
+        for old in [k for k, t in clock.items() if now - t > SESSION_WINDOW_S]:
+            del clock[old]
+        return len(clock)
+
+
 def sidebar_source() -> None:
     """Render the shared sidebar (source choice, device) and activate the chosen Σ_X."""
+    touch_session()
     _apply_pending()
     with st.sidebar:
         st.subheader("Σ_X source")

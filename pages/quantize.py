@@ -11,6 +11,7 @@ from pages._ui import (
     ensure_frame,
     show_error,
     source_caption,
+    touch_session,
 )
 from wfviz.device import DEVICES, device_label
 from wfviz.errors import WfvizError
@@ -22,6 +23,7 @@ from wfviz.rates import RATE_METRICS
 
 RESULTS_KEY = "q_results"
 CANCEL_KEY = "q_cancel_requested"
+PARTIAL_KEY = "q_partial"
 SPECTRUM_ONLY = ("haar", "eigenbasis")
 
 ensure_frame("pages/quantize.py")
@@ -84,6 +86,12 @@ def _controls() -> dict | None:
 
 def _run(settings: dict) -> None:
     st.session_state[CANCEL_KEY] = False
+    finished: list[dict] = []  # rows of a cancelled sweep that did finish
+    columns: dict = {}  # per-column data of every point, for the per-column view
+    # Cancel reruns the page, and Streamlit stops this run at its next st call: whatever the
+    # sweep has finished by then is in this session-state entry, which the rerun shows.
+    st.session_state[PARTIAL_KEY] = dict(source=cov_key(cov), settings=settings,
+                                         rows=finished, columns=columns, cancelled=True)
     st.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
         {CANCEL_KEY: True}))
     with st.status("Quantizing…", expanded=True) as status:
@@ -110,7 +118,7 @@ def _run(settings: dict) -> None:
                             "sessions together)", icon=":material/hourglass_top:")
 
         try:
-            with heavy_slot(on_wait=waiting) as slot:
+            with heavy_slot(on_wait=waiting, limit_threads=touch_session() > 1) as slot:
                 if slot.waited:
                     status.update(label="Quantizing…")
                     queue_note.caption(f"Waited {slot.wait_s:.1f} s behind {slot.first_ahead} "
@@ -119,9 +127,16 @@ def _run(settings: dict) -> None:
                 else:
                     queue_note.empty()
                 rows = sweep(cov, **settings, progress=progress, notice=notices.append,
-                             cancel=lambda: st.session_state.get(CANCEL_KEY, False))
+                             cancel=lambda: st.session_state.get(CANCEL_KEY, False),
+                             table=finished, keep=columns)
         except Cancelled:
-            status.update(label="Cancelled; the previous results are kept.", state="error")
+            if not finished:
+                status.update(label="Cancelled before any point finished; the previous "
+                              "results are kept.", state="error")
+                return
+            status.update(label=f"Cancelled: showing the {len(finished)} points that had "
+                          "finished.", state="error")
+            _keep_partial()
             return
         except (WfvizError, MemoryError) as exc:
             status.update(label="Stopped", state="error")
@@ -130,9 +145,19 @@ def _run(settings: dict) -> None:
         for note in notices:
             st.warning(note)
         status.update(label=f"Done: {len(rows)} points", state="complete", expanded=False)
-    st.session_state[RESULTS_KEY] = dict(source=cov_key(cov), settings=settings, rows=rows)
+    st.session_state.pop(PARTIAL_KEY, None)
+    st.session_state[RESULTS_KEY] = dict(source=cov_key(cov), settings=settings, rows=rows,
+                                         columns=columns)
 
 
+def _keep_partial() -> None:
+    """A run that stopped early leaves its finished points: they become the results."""
+    partial = st.session_state.pop(PARTIAL_KEY, None)
+    if partial and partial["rows"]:
+        st.session_state[RESULTS_KEY] = partial
+
+
+_keep_partial()
 settings = _controls()
 if settings is not None:
     _run(settings)
@@ -143,4 +168,9 @@ if not result or result["source"] != cov_key(cov):
             "5 rates, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
     st.stop()
 
+if result.get("cancelled"):
+    s = result["settings"]
+    total = len(s["methods"]) * len(s["rotations"]) * len(s["rates"])
+    st.warning(f"That run was cancelled: {len(result['rows'])} of {total} points had finished "
+               "and are shown. Press **Run** for the rest.")
 show_results(cov, result)

@@ -145,3 +145,20 @@ def test_a_cancelled_sweep_keeps_its_finished_points():
               rows=256, progress=lambda f, m: done.append(m), cancel=cancel, table=finished)
     assert len(finished) == 2 and {r["method"] for r in finished} == {"gptq-ec"}
     assert all(r["rotation"] == "identity" for r in finished)
+
+
+def test_keep_gives_the_per_column_view_of_every_point():
+    from wfviz.theory import cholesky_diag
+
+    S = _sigma()
+    kept = {}
+    rows = sweep(S, methods="gptq-ec,watersic", rotations="identity", rates=[3], rows=256,
+                 keep=kept)
+    assert set(kept) == {("gptq-ec", "identity", 3.0), ("watersic", "identity", 3.0)}
+    ws = kept[("watersic", "identity", 3.0)]
+    # d from WaterSIC's own steps is the Cholesky diagonal of the damped Σ it factored
+    np.testing.assert_allclose(ws["d"], cholesky_diag(S, damping=1e-4), rtol=1e-9)
+    assert ws["column_entropy"].shape == (32,)
+    col = [r for r in rows if r["method"] == "watersic"][0]
+    side = 16 * 32 / (256 * 32)
+    assert ws["column_entropy"].mean() + side == pytest.approx(col["rate"], abs=1e-9)

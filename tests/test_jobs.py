@@ -190,6 +190,9 @@ def test_torch_threads_are_limited_during_heavy_runs_and_restored():
         assert torch.get_num_threads() == 2
         with HeavyGate(limit=1, threads=0).slot() as info:
             assert info.threads is None and torch.get_num_threads() == 2
+        with HeavyGate(limit=1, threads=1).slot(limit_threads=False) as info:
+            assert info.threads is None and torch.get_num_threads() == 2  # a lone session
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

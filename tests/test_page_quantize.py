@@ -172,3 +172,19 @@ def test_png_export_of_the_dr_chart():
         "or use the camera icon of the chart."]
     if buttons:
         assert buttons[0].proto.label == "Download PNG"
+
+
+def test_a_cancelled_run_shows_the_points_that_finished():
+    """Cancel reruns the page while the sweep is running; the rows it had finished by then are
+    in the session's partial entry, and the rerun shows them, labelled as cancelled."""
+    at = _run(start(src=SMALL, page=PAGE), q_rows=256, q_rate_lo=2.0, q_rate_hi=3.0, q_points=2)
+    done = at.session_state["q_results"]
+    partial = dict(done, rows=done["rows"][:2], cancelled=True)
+    at.session_state["q_partial"] = partial
+    at.session_state["q_results"] = None
+    at.run()
+    assert not at.exception
+    assert "q_partial" not in at.session_state
+    assert any("cancelled: 2 of 12 points" in w.value for w in at.warning)
+    points = [t for t in figure(at, "q_dr")["data"] if t.get("mode") == "markers"]
+    assert sum(len(array(t["x"])) for t in points) == 2

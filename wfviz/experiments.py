@@ -41,6 +41,7 @@ from .quantize import (
 from .quantizers import get_method
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
+from .rates import column_entropy_bits
 from .theory import WATERSIC_GAP_BITS, gptq_gap_bits, it_distortion
 
 COLUMNS = ("method", "rotation", "target_rate", "rate", "rate_metric", "distortion",
@@ -172,6 +173,18 @@ def _distortions(Wr: torch.Tensor, Sr: torch.Tensor, outs) -> list[float]:
     return (per_row.sum(dim=1) / Wr.numel()).tolist()
 
 
+def _kept(method: str, out) -> dict:
+    """What ``sweep(keep=...)`` stores of one point (see there)."""
+    kept = {"column_entropy": column_entropy_bits(out.codes)}
+    if method == "watersic":
+        alpha = out.scales["alpha"].cpu().numpy()
+        live = alpha > 0
+        d = np.full(alpha.shape, out.info["damping_abs"])
+        d[live] = (out.info["c"] / alpha[live]) ** 2
+        kept["d"] = d
+    return kept
+
+
 def _row(method, rotation, target, out, distortion, energy, lam, variance, d, seconds) -> dict:
     it = float(it_distortion(lam, out.rate, variance=variance))
     predicted, kind = _predicted(method, d)
@@ -186,7 +199,8 @@ def _row(method, rotation, target, out, distortion, energy, lam, variance, d, se
 
 def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
           device: str = "auto", rate_metric: str = "column_entropy", W=None, progress=None,
-          cancel=None, notice=None, table: list | None = None) -> list[dict]:
+          cancel=None, notice=None, table: list | None = None,
+          keep: dict | None = None) -> list[dict]:
     """Quantize one weight matrix with every method × rotation × rate and tabulate the result.
 
     Parameters
@@ -217,6 +231,12 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
         Every finished row is appended here as soon as its (rotation, method) is done, so a
         caller whose sweep is cancelled keeps the points it already has. The return value is
         this list (a new one when None).
+    keep : dict, optional
+        Receives, for every point, ``keep[(method, rotation, target_rate)]`` =
+        ``{"column_entropy": ...}`` (the per-column empirical entropy of its codes, bits, no side
+        information) and, for WaterSIC, ``"d"``: the ``d_j = L_jj²`` of the damped Σ it factored
+        (from its steps, ``(c/α_j)²``; dead columns get the damping), for a per-column view
+        without quantizing again.
 
     Returns
     -------
@@ -246,14 +266,14 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
     def run(d: torch.device) -> list[dict]:
         del table[:]  # a CPU rerun after a GPU out-of-memory starts the table again
         _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam, variance,
-                  progress, cancel, notice, table)
+                  progress, cancel, notice, table, keep)
         return table
 
     return run_with_oom_fallback(run, dev, notice)
 
 
 def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
-              progress, cancel, notice, table) -> None:
+              progress, cancel, notice, table, keep) -> None:
     from .rotations import get_rotation
 
     total, done = len(rotations) * len(methods), 0
@@ -280,6 +300,8 @@ def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, var
             dists = _distortions(Wr, Sr, [out for _, out, _ in points])
             for (target, out, secs), dist in zip(points, dists, strict=True):
                 table.append(_row(m, label, target, out, dist, energy, lam, variance, d, secs))
+                if keep is not None:
+                    keep[(m, label, float(target))] = _kept(m, out)
             done += 1
             if progress is not None:
                 progress(done / total, f"{m} on {label} done")

@@ -207,7 +207,7 @@ class HeavyGate:
 
     @contextmanager
     def slot(self, *, on_wait: Callable[[QueueState], None] | None = None,
-             timeout: float | None = None) -> Iterator[SlotInfo]:
+             timeout: float | None = None, limit_threads: bool = True) -> Iterator[SlotInfo]:
         """Hold one slot for the ``with`` body; queue first if all slots are taken.
 
         Parameters
@@ -219,6 +219,9 @@ class HeavyGate:
             leaves the queue and the exception propagates.
         timeout : float, optional
             Give up after this many seconds in the queue with :class:`HeavyGateTimeout`.
+        limit_threads : bool
+            Apply the gate's thread limit to this run. A caller that knows nobody else is
+            using the server (one session) passes False: the run then uses every core.
 
         Yields
         ------
@@ -226,7 +229,8 @@ class HeavyGate:
             Whether and how long the run waited. The slot is released when the body ends, also
             by an exception.
         """
-        ticket, since, info = object(), time.monotonic(), SlotInfo(threads=self._threads)
+        threads = self._threads if limit_threads else None
+        ticket, since, info = object(), time.monotonic(), SlotInfo(threads=threads)
         acquired = False
         with self._cond:
             self._queue.append(ticket)
@@ -251,8 +255,8 @@ class HeavyGate:
                     on_wait(state)
                 last = state
             info.wait_s = time.monotonic() - since if info.waited else 0.0
-            if self._threads is not None:
-                _set_torch_threads(self._threads)
+            if threads is not None:
+                _set_torch_threads(threads)
             yield info
         finally:
             with self._cond:
@@ -303,8 +307,8 @@ def configure_heavy_gate(limit: int | None = None, *, threads: int | None = None
 
 
 def heavy_slot(*, on_wait: Callable[[QueueState], None] | None = None,
-               timeout: float | None = None):
-    """``heavy_gate().slot(on_wait=..., timeout=...)``: hold a slot of the process-wide gate.
+               timeout: float | None = None, limit_threads: bool = True):
+    """``heavy_gate().slot(...)``: hold a slot of the process-wide gate.
 
     Examples
     --------
@@ -314,4 +318,4 @@ def heavy_slot(*, on_wait: Callable[[QueueState], None] | None = None,
     >>> s.waited
     False
     """
-    return heavy_gate().slot(on_wait=on_wait, timeout=timeout)
+    return heavy_gate().slot(on_wait=on_wait, timeout=timeout, limit_threads=limit_threads)
