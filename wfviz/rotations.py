@@ -141,6 +141,22 @@ def _haar(n: int, rng: np.random.Generator) -> np.ndarray:
     return q.mul_(signs).numpy()
 
 
+_CACHED_HAAR_MAX_N = 2048
+
+
+@lru_cache(maxsize=4)
+def _cached_haar(n: int, seed: int) -> np.ndarray:
+    return _haar(n, np.random.default_rng(seed))
+
+
+def _seeded_haar(n: int, seed: int) -> np.ndarray:
+    """The Haar matrix of ``seed``; up to n = 2048 the last four are kept (≤ 128 MB), because a
+    QR of that size is a large part of an interactive sweep and the app asks again and again."""
+    if n <= _CACHED_HAAR_MAX_N:
+        return _cached_haar(n, int(seed)).copy()  # a copy: no caller can change the cache
+    return _haar(n, np.random.default_rng(seed))
+
+
 @dataclass(frozen=True, eq=False)
 class Rotation:
     """An orthogonal ``Q`` of size ``n``, stored in the cheapest exact form.
@@ -292,8 +308,7 @@ def get_rotation(name: str, n: int, *, seed: int = 0, sigma=None) -> Rotation:
     if name == "identity":
         return Rotation("identity", "identity", n)
     if name == "haar":
-        return Rotation("haar", f"haar (seed {seed})", n,
-                        dense=_haar(n, np.random.default_rng(seed)))
+        return Rotation("haar", f"haar (seed {seed})", n, dense=_seeded_haar(n, seed))
     if name == "hadamard":
         return _hadamard_rotation(n, seed)
     s = _need_sigma(name, sigma)

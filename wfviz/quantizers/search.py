@@ -25,6 +25,8 @@ class RateCurveSearch:
     u0 : float
         The first guess for ``targets[0]``; the others start ``target − targets[0]`` bits
         away on the high-rate slope.
+    starts : sequence of float, optional
+        A first guess for every target instead (a model that knows the low-rate bend).
 
     Examples
     --------
@@ -37,8 +39,9 @@ class RateCurveSearch:
     (True, True)
     """
 
-    def __init__(self, targets, tol: float, u0: float):
+    def __init__(self, targets, tol: float, u0: float, *, starts=None):
         self.targets, self.tol, self.u0 = [float(t) for t in targets], tol, u0
+        self.starts = None if starts is None else [float(u) for u in starts]
         self.points: list[tuple[float, float]] = []
         self.best: list = [None] * len(self.targets)  # (|error|, u, rate, result)
 
@@ -68,7 +71,7 @@ class RateCurveSearch:
         """The next ``u`` to try for target ``i``."""
         t = self.targets[i]
         if not self.points:
-            return self.u0 + (self.targets[0] - t)
+            return self.starts[i] if self.starts is not None else self.u0 + (self.targets[0] - t)
         above = [p for p in self.points if p[1] > t]  # step too small
         below = [p for p in self.points if p[1] <= t]
         if above and below:

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 from ..errors import WfvizError, all_finite
-from ..rates import RATE_METRICS, measure_rate
+from ..rates import RATE_METRICS, measure_rate, rounded_gaussian_entropy
 from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
 from .gptq import SUB_BLOCK
 from .search import RateCurveSearch
@@ -596,14 +596,28 @@ def _side_info_bits(a: int, prep: WaterSICPrepared, rescalers: bool) -> float:
     return SIDE_INFO_BITS * (per_row + prep.live.numel() + prep.dead.numel())
 
 
-def _start_log2_step(W_live: torch.Tensor, prep: WaterSICPrepared, entropy: float) -> float:
-    """High-resolution guess ``log2 c = mean_i ½ log2(12 s_i L_ii²) − h``."""
+def _start_log2_steps(W_live: torch.Tensor, prep: WaterSICPrepared, entropies) -> list[float]:
+    """First guess of ``log2 c`` for each target entropy per live column.
+
+    Model: column i's residual target is Gaussian with ``σ_i = √(s_i)·L_ii`` (the high-rate
+    picture) and costs :func:`~wfviz.rates.rounded_gaussian_entropy` of ``σ_i / c``, which
+    goes to 0 below the water instead of negative as the plain high-resolution formula
+    ``log2 c = mean_i ½ log2(2πe s_i L_ii²) − h`` would. Solved by bisection on ``log2 c``;
+    it lands within a few hundredths of a bit at low rate, where that formula was off by
+    half a bit, so a stacked search of six rates usually ends in two rounds.
+    """
     s = (W_live.to(torch.float64) ** 2).mean(0)
-    keep = s > 0
-    if not bool(keep.any()):
+    if not bool((s > 0).any()):
         raise WfvizError("W is zero in every live column; there is nothing to quantize.")
-    spread = 0.5 * torch.log2(12 * s[keep] * torch.diagonal(prep.L)[keep] ** 2)
-    return float(spread.mean()) - entropy
+    log2_sigma = 0.5 * np.log2(np.maximum((s * torch.diagonal(prep.L) ** 2).cpu().numpy(),
+                                          1e-300))
+    h = np.asarray(entropies, dtype=np.float64)[:, None]
+    lo, hi = np.full_like(h, log2_sigma.min() - 40), np.full_like(h, log2_sigma.max() + 40)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        too_many = rounded_gaussian_entropy(2.0 ** (log2_sigma - mid)).mean(1, keepdims=True) > h
+        lo, hi = np.where(too_many, mid, lo), np.where(too_many, hi, mid)
+    return (0.5 * (lo + hi))[:, 0].tolist()
 
 
 def _fp16_grid(x: torch.Tensor) -> torch.Tensor:
@@ -654,8 +668,9 @@ def _search_steps(W, prep, rates, config, rate_metric, side_bits, progress, canc
     """Stacked SIC passes until every measured rate is within ``rate_tol`` of its target."""
     a, n = W.shape
     W_live = W[:, prep.live]
-    entropy = (rates[0] - side_bits / (a * n)) * n / prep.live.numel()
-    search = RateCurveSearch(rates, config.rate_tol, _start_log2_step(W_live, prep, entropy))
+    entropies = [(r - side_bits / (a * n)) * n / prep.live.numel() for r in rates]
+    search = RateCurveSearch(rates, config.rate_tol, 0.0,
+                             starts=_start_log2_steps(W_live, prep, entropies))
     for k in range(config.max_search_passes):
         todo = search.pending()
         if not todo:
