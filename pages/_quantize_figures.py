@@ -8,11 +8,8 @@ visible as concentric rings. Theory lines and measured points are in separate le
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import plotly.graph_objects as go
-from scipy.special import ndtr
 
 from pages._figures import CODED, INK, WATER, style_figure
 from wfviz.theory import WATERSIC_GAP_BITS, it_distortion, watersic_distortion
@@ -111,7 +108,7 @@ def gap_figure(rows: list[dict], gaps: dict[str, float], rate_axis: str,
     """Measured gap to the IT limit in bits, with the high-rate predictions as lines.
 
     ``bias``: ``(rates, bits, rows)``, the plug-in entropy's expected shortfall with that many
-    codes per column (:func:`plugin_entropy_bias`); drawn as the WaterSIC line minus it.
+    codes per column (:func:`wfviz.rates.plugin_entropy_bias`); drawn as the WaterSIC line minus it.
     """
     rates = [r["rate"] for r in rows]
     ends = [min(rates) - 0.1, max(rates) + 0.1]
@@ -168,46 +165,3 @@ def column_rate_figure(measured: np.ndarray, d: np.ndarray, rotation: str) -> go
                              f"{rotation}",
                         "½·log2(d_j / GM(d)), bits (column j's innovation vs the average)",
                         "bits per weight of column j (per-column entropy)", height=440)
-
-
-@functools.lru_cache(maxsize=256)
-def _bias_one(rate: float, rows: int, trials: int, seed: int) -> float:
-    # The step whose discretised N(0, 1) has entropy `rate` exactly (bisection on log2 step).
-    def entropy(step: float) -> float:
-        k = np.arange(-np.ceil(9.0 / step) - 1, np.ceil(9.0 / step) + 2)
-        p = ndtr((k + 0.5) * step) - ndtr((k - 0.5) * step)
-        p = p[p > 0]
-        return float(-(p * np.log2(p)).sum())
-
-    lo, hi = -14.0, 6.0  # log2 of the step; entropy falls as the step grows
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if entropy(2.0**mid) > rate else (lo, mid)
-    step = 2.0 ** (0.5 * (lo + hi))
-    codes = np.rint(np.random.default_rng(seed).standard_normal((trials, rows)) / step)
-    codes = (codes - codes.min(axis=1, keepdims=True)).astype(np.int64)
-    width = int(codes.max()) + 1
-    counts = np.bincount((codes + width * np.arange(trials)[:, None]).ravel(),
-                         minlength=width * trials).reshape(trials, width) / rows
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plug_in = -np.nansum(np.where(counts > 0, counts * np.log2(counts), 0.0), axis=1)
-    return entropy(step) - float(plug_in.mean())
-
-
-def plugin_entropy_bias(rates, rows: int, *, trials: int = 200, seed: int = 0) -> np.ndarray:
-    """Expected shortfall (bits) of the plug-in entropy of ``rows`` codes of one column.
-
-    Model: a column of ``rows`` i.i.d. Gaussian values rounded with the uniform step whose
-    exact entropy is ``rate``; the shortfall is that entropy minus the mean plug-in
-    (empirical-histogram) entropy over ``trials`` simulated columns. About
-    ``(K − 1)/(2·rows·ln 2)`` for ``K`` used levels while ``K ≪ rows``; it is what makes
-    per-column entropies read low at high rate with few rows.
-
-    Examples
-    --------
-    >>> b = plugin_entropy_bias([2.0, 6.0], 256)
-    >>> bool(0 < b[0] < 0.02 < b[1] < 0.6)
-    True
-    """
-    return np.array([_bias_one(round(float(r), 3), int(rows), trials, seed) for r in
-                     np.atleast_1d(rates)])

@@ -16,11 +16,10 @@ from pages._quantize_figures import (
     dr_figure,
     gap_figure,
     gptq_gaps,
-    plugin_entropy_bias,
 )
 from pages._ui import ROTATION_NAMES
 from wfviz.experiments import COLUMNS, table_to_csv
-from wfviz.rates import RATE_METRICS, rate_axis_label
+from wfviz.rates import RATE_METRICS, plugin_entropy_bias, rate_axis_label
 from wfviz.theory import WATERSIC_GAP_BITS
 
 BIAS_SHOWN_BITS = 0.03

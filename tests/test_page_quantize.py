@@ -11,8 +11,8 @@ from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixtur
     trace,
 )
 
-from pages._quantize_figures import plugin_entropy_bias
 from wfviz.quantize import sigma_and_rotation_basis
+from wfviz.rates import plugin_entropy_bias
 from wfviz.rotations import get_rotation
 from wfviz.sources import resolve_source
 from wfviz.theory import WATERSIC_GAP_BITS, cholesky_diag, it_distortion, watersic_distortion

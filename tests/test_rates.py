@@ -99,3 +99,23 @@ def test_wide_alphabet_uses_sort_path_with_same_result():
     _, counts = np.unique(wide[:, 0], return_counts=True)
     p = counts / 300
     assert column_entropy_bits(wide)[0] == pytest.approx(-(p * np.log2(p)).sum())
+
+
+def test_rounded_gaussian_entropy_matches_exact_sums_and_the_high_rate_formula():
+    from wfviz.rates import _rounded_gaussian_entropy_exact, rounded_gaussian_entropy
+
+    ratios = np.array([0.05, 0.3, 1.0, 3.0, 10.0])
+    exact = np.array([_rounded_gaussian_entropy_exact(r) for r in ratios])
+    np.testing.assert_allclose(rounded_gaussian_entropy(ratios), exact, atol=1e-3)
+    high = rounded_gaussian_entropy([100.0, 1e4])
+    np.testing.assert_allclose(high, np.log2([100.0, 1e4]) + 0.5 * np.log2(2 * np.pi * np.e))
+    assert rounded_gaussian_entropy([1e-9])[0] == 0.0
+    assert np.all(np.diff(rounded_gaussian_entropy(np.logspace(-1, 3, 50))) > 0)
+
+
+def test_plugin_entropy_bias_shrinks_as_one_over_rows_once_levels_are_few():
+    from wfviz.rates import plugin_entropy_bias
+
+    b256, b1024, b4096 = (plugin_entropy_bias([5.0], n)[0] for n in (256, 1024, 4096))
+    assert 0.05 < b256 < 0.3 and b4096 < b1024 < b256
+    assert 3.0 < b1024 / b4096 < 5.0  # Miller–Madow: (K − 1)/(2 N ln 2) while K ≪ N
