@@ -177,3 +177,30 @@ def test_shipped_full_layer_reproduces_gap(shipped):
 def test_shipped_dir_is_in_repo():
     assert (SHIPPED_DIR / SHIPPED / "README.md").is_file()
     assert (SHIPPED_DIR / "FORMAT.md").is_file()
+
+
+def test_a_format_1_bundle_still_loads_without_gptq_order_diagonals(bundle_root, tmp_path):
+    """Version 1 had only WaterSIC-order d_*: it loads, and GPTQ-order predictions of layers
+    without a full matrix say to regenerate it instead of silently using the other order."""
+    import shutil
+
+    from wfviz.stats import layer_stats
+
+    old = tmp_path / "v1"
+    shutil.copytree(bundle_root / "toy", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    for f in (old / "layers").glob("*.npz"):
+        with np.load(f) as z:
+            kept = {k: z[k] for k in z.files if not k.startswith("dg_")}
+        np.savez(f, **kept)
+    b = load_bundle(old)
+    part = b.layer(0, "o")
+    assert part.d_gptq_by_rotation == {} and set(part.d_by_rotation) == {
+        "identity", "hadamard", "act_order"}
+    s = layer_stats(part)
+    assert s["gap_bits"]["identity"] is None and s["gap_bits"]["haar"] is not None
+    assert any("regenerate its bundle" in note for note in s["notes"])
+    full = b.layer(1, "down")  # a full matrix: computed in GPTQ's order from it
+    assert layer_stats(full)["gap_bits"]["identity"] is not None
