@@ -175,7 +175,12 @@ def _distortions(Wr: torch.Tensor, Sr: torch.Tensor, outs) -> list[float]:
 
 def _kept(method: str, out) -> dict:
     """What ``sweep(keep=...)`` stores of one point (see there)."""
-    kept = {"column_entropy": column_entropy_bits(out.codes)}
+    if out.rate_metric in ("column_entropy", "pooled_entropy"):  # already measured per column
+        side = out.side_info_bits / out.codes.numel()
+        entropy = np.asarray(out.column_rates, dtype=np.float64) - side
+    else:
+        entropy = column_entropy_bits(out.codes)
+    kept = {"column_entropy": entropy}
     if method == "watersic":
         alpha = out.scales["alpha"].cpu().numpy()
         live = alpha > 0
