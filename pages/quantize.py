@@ -130,15 +130,13 @@ def _run(settings: dict) -> None:
                              cancel=lambda: st.session_state.get(CANCEL_KEY, False),
                              table=finished, keep=columns)
         except Cancelled:
-            if not finished:
-                status.update(label="Cancelled before any point finished; the previous "
-                              "results are kept.", state="error")
-                return
-            status.update(label=f"Cancelled: showing the {len(finished)} points that had "
-                          "finished.", state="error")
             _keep_partial()
+            status.update(label=f"Cancelled: showing the {len(finished)} points that had "
+                          "finished." if finished else "Cancelled before any point finished; "
+                          "the previous results are kept.", state="error")
             return
         except (WfvizError, MemoryError) as exc:
+            st.session_state.pop(PARTIAL_KEY, None)  # a failed run is not a cancelled one
             status.update(label="Stopped", state="error")
             show_error(exc)
             return

@@ -188,3 +188,16 @@ def test_a_cancelled_run_shows_the_points_that_finished():
     assert any("cancelled: 2 of 12 points" in w.value for w in at.warning)
     points = [t for t in figure(at, "q_dr")["data"] if t.get("mode") == "markers"]
     assert sum(len(array(t["x"])) for t in points) == 2
+
+
+def test_a_failed_run_is_not_shown_as_a_cancelled_one():
+    """16 rows cannot measure 5 bits of per-column entropy: one error, and the rerun shows no
+    stale partial results labelled as cancelled."""
+    at = start(src=SMALL, page=PAGE)
+    at.number_input(key="q_rows").set_value(16)
+    at.button(key="q_run").click().run()
+    assert not at.exception and len(at.error) == 1 and "more rows" in at.error[0].value
+    at.run()
+    assert "q_partial" not in at.session_state
+    assert "q_results" not in at.session_state or not at.session_state["q_results"]
+    assert not any("cancelled" in w.value for w in at.warning)
