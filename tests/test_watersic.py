@@ -290,3 +290,15 @@ def test_bad_input_raises_one_clear_error(kwargs, match):
 def test_bad_config_raises(kwargs):
     with pytest.raises(WfvizError):
         WaterSICConfig(**kwargs)
+
+
+def test_stacked_search_reports_passes_and_points_apart():
+    """Six rates share every SIC pass: fewer passes than evaluated steps, all targets hit."""
+    from wfviz.quantizers.watersic import quantize_watersic_rates
+
+    W, S = _weights(256, 48), _powerlaw_sigma(48)
+    outs = quantize_watersic_rates(W, S, [1, 2, 3, 4, 5, 6])
+    info = outs[0].info
+    assert info["search_passes"] < info["search_points"] <= 6 * info["search_passes"]
+    assert info["search_passes"] <= 4
+    assert all(abs(o.rate - r) <= 0.01 for o, r in zip(outs, range(1, 7), strict=True))

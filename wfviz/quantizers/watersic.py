@@ -671,10 +671,12 @@ def _search_steps(W, prep, rates, config, rate_metric, side_bits, progress, canc
     entropies = [(r - side_bits / (a * n)) * n / prep.live.numel() for r in rates]
     search = RateCurveSearch(rates, config.rate_tol, 0.0,
                              starts=_start_log2_steps(W_live, prep, entropies))
+    passes_run = 0
     for k in range(config.max_search_passes):
         todo = search.pending()
         if not todo:
             break
+        passes_run += 1
         steps = [2.0**u for u in todo]
         dtype = _pass_dtype(W_live, prep, min(steps), config.precision, config.fp32_noise_limit)
         passes = watersic_passes(W, prep, steps, ls_gain=config.ls_gain, dtype=dtype,
@@ -687,10 +689,11 @@ def _search_steps(W, prep, rates, config, rate_metric, side_bits, progress, canc
             progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 rounds
                      f"WaterSIC search round {k + 1}: {len(todo)} step(s) in one pass, "
                      f"{left} rate(s) still searching ({rate_metric})")
-    return search
+    return search, passes_run
 
 
-def _finish(W, prep, config, search, i, rate_metric, side_bits, cancel) -> MethodOutput:
+def _finish(W, prep, config, search, passes_run, i, rate_metric, side_bits,
+            cancel) -> MethodOutput:
     """The output for target ``i``: its best pass, with rescalers and fp16 scales applied."""
     a, n = W.shape
     _, _, measured, (res, column_rates) = search.best[i]
@@ -701,7 +704,8 @@ def _finish(W, prep, config, search, i, rate_metric, side_bits, cancel) -> Metho
             "dead_columns": prep.dead.tolist(),
             "precision": str(res.dtype).removeprefix("torch."),
             "search": [(2.0**u, r) for u, r in search.points],
-            "search_passes": len(search.points), "rate_error": float(measured) - rate,
+            "search_passes": passes_run, "search_points": len(search.points),
+            "rate_error": float(measured) - rate,
             "ls_gain": config.ls_gain, "rescalers": config.rescalers}
     if config.rescalers:
         live = prep.live
@@ -756,9 +760,9 @@ def quantize_watersic_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
     side_bits = _side_info_bits(W.shape[0], prep, config.rescalers)
     for r in rates:
         _check_rate(W, prep, r, side_bits, rate_metric)
-    search = _search_steps(W, prep, [float(r) for r in rates], config, rate_metric, side_bits,
-                           progress, cancel)
-    outs = [_finish(W, prep, config, search, i, rate_metric, side_bits, cancel)
+    search, passes_run = _search_steps(W, prep, [float(r) for r in rates], config, rate_metric,
+                                       side_bits, progress, cancel)
+    outs = [_finish(W, prep, config, search, passes_run, i, rate_metric, side_bits, cancel)
             for i in range(len(rates))]
     if progress is not None:
         done = ", ".join(f"{o.rate:.4f}" for o in outs)
@@ -801,7 +805,8 @@ def quantize_watersic(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     MethodOutput
         ``scales`` holds ``alpha`` (α_j = c/L_jj), ``gamma`` (SIC gains or Γ), ``column_scale``
         (α∘Γ, the stored one) and ``row_scale`` (T); ``info`` holds the step ``c``, the
-        search log ``search`` as ``(c, measured rate)`` pairs, ``search_passes``, the pass
+        search log ``search`` as ``(c, measured rate)`` pairs, ``search_passes`` (stacked SIC
+        passes run) and ``search_points`` (steps evaluated in them), the pass
         ``precision``, ``dead_columns``, ``damping_abs`` and, with rescalers, the loss per
         entry before and after them.
 
