@@ -89,12 +89,15 @@ def test_entropy_metric_is_below_cardinality():
     assert 1.0 < out.rate < 4.0 + 1e-9
 
 
-def test_prepared_factor_is_upper_cholesky_of_damped_inverse():
+def test_prepared_factor_inverts_to_the_authors_upper_cholesky_of_the_damped_inverse():
     _, S = _problem(n=40)
     prep = prepare_gptq(S, 0.01)
     H = 2 * S + 0.01 * float(torch.diagonal(2 * S).mean()) * torch.eye(40, dtype=S.dtype)
-    assert torch.allclose(prep.U.T @ prep.U, torch.linalg.inv(H), rtol=1e-8, atol=1e-10)
-    assert torch.all(prep.U == torch.triu(prep.U))
+    assert torch.all(prep.F == torch.triu(prep.F)) and torch.all(torch.diagonal(prep.F) == 1)
+    R = prep.F * prep.r_diag
+    assert torch.allclose(R @ R.T, H, rtol=1e-10, atol=1e-10)
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    assert torch.allclose(torch.linalg.inv(R), U, rtol=1e-8, atol=1e-10)
 
 
 def test_sic_pass_cancel():
@@ -134,6 +137,8 @@ def test_float32_factor_falls_back_to_float64_before_damping_more():
     with pytest.raises(RuntimeError):
         torch.linalg.cholesky(2 * S.float())
     prep = prepare_gptq(S, 0.0, dtype=torch.float32)
-    assert prep.damping_used == 0.0 and prep.U.dtype == torch.float64
+    assert prep.damping_used == 0.0 and prep.F.dtype == torch.float64
     well = prepare_gptq(torch.eye(8, dtype=torch.float64) * 3, 0.01, dtype=torch.float32)
-    assert torch.allclose(well.U, prepare_gptq(torch.eye(8) * 3, 0.01).U, rtol=1e-6)
+    exact = prepare_gptq(torch.eye(8) * 3, 0.01)
+    assert well.F.dtype == torch.float32 and torch.allclose(well.F.double(), exact.F)
+    assert torch.allclose(well.r_diag, exact.r_diag, rtol=1e-6)

@@ -42,7 +42,7 @@ def test_codes_are_unclipped_sic_with_one_step():
     out = quantize_gptq_ec(W, S, 4.0, GPTQECConfig(precision="float64"))
     prep = prepare_gptq(S, 1e-4)
     step = out.scales["step"].item()
-    codes, _ = sic_pass(W, prep.U, torch.full((64,), step, dtype=torch.float64))
+    codes, _ = sic_pass(W, prep.F, torch.full((64,), step, dtype=torch.float64))
     assert torch.equal(codes, out.codes)
 
 

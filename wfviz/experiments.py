@@ -39,6 +39,7 @@ from .quantize import (
     weighted_error,
 )
 from .quantizers import get_method
+from .quantizers.base import cholesky_ex
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
 from .rates import column_entropy_bits
@@ -129,18 +130,19 @@ def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
     """GPTQ's ``d_j = Var(X_j | X_{j+1..})`` of the damped Σ.
 
     GPTQ decides the columns first to last with the upper Cholesky factor ``U`` of
-    ``H⁻¹ = (2Σ)⁻¹``, so ``d_j = 1/(2 U_jj²)``: the Cholesky diagonal of Σ in *reversed* order,
+    ``H⁻¹ = (2Σ)⁻¹``, so ``d_j = 1/(2 U_jj²) = R_jj²/2`` with ``H = R Rᵀ`` (``R = U⁻¹``
+    upper): the Cholesky diagonal of Σ in *reversed* order,
     with the same product as ``Var(X_j | X_{<j})`` but a different AM. Taken from GPTQ-EC's
     prepared factor when there is one; otherwise one Cholesky of the reversed Σ, with the
     damping added in place to keep the n×n copies to two.
     """
     if prep is not None:
-        return (0.5 / torch.diagonal(prep.U) ** 2).cpu().numpy()
+        return (0.5 * prep.r_diag**2).cpu().numpy()
     H = Sr.flip(0, 1)
     H.diagonal().add_(GPTQECConfig().percdamp * float(torch.diagonal(H).mean()))
-    L, info = torch.linalg.cholesky_ex(H)
+    L, info = cholesky_ex(H)
     del H
-    if int(info) != 0:
+    if info != 0:
         return None
     return (torch.diagonal(L) ** 2).flip(0).cpu().numpy()
 

@@ -7,10 +7,14 @@ re-implementation in ``benchmarks/reference_gptq.py`` by ``tests/test_gptq.py``)
 1. ``H = 2Σ`` (the factor 2 cancels everywhere); dead columns (``H_ii == 0``) get ``H_ii = 1``
    and their weights are set to 0; optional *act-order* sorts the columns by descending
    ``diag H`` (stable sort) and the permutation is undone at the end.
-2. ``H += percdamp · mean(diag H) · I``; ``U`` is the upper Cholesky factor of ``H⁻¹``.
-3. Columns are decided first to last in lazy blocks of ``block_size``: inside a block, column
-   ``j`` is rounded and its error ``(w_j − ŵ_j)/U_jj`` is fed to the rest of the block with a
-   rank-1 update; after the block, one GEMM feeds the block's errors to all later columns.
+2. ``H += percdamp · mean(diag H) · I``. The authors take ``U``, the upper Cholesky factor of
+   ``H⁻¹``; here ``H = R Rᵀ`` is factored with ``R`` upper (one Cholesky of ``H`` in reversed
+   order), and ``R⁻¹ = U``. Neither ``H⁻¹`` nor ``U`` is formed.
+3. Columns are decided first to last in lazy blocks of ``block_size``. The authors feed the
+   updated column's error ``(x_j − ŵ_j)/U_jj`` to later columns along ``U_j,>j``; unrolled,
+   that is ``x_j = w_j + Σ_{k<j} (w_k − ŵ_k) R_kj/R_jj``, which is what :func:`sic_pass`
+   runs: the same decisions (up to floating-point near-ties) with rank-1 updates inside a block
+   and one GEMM per block for all later columns.
 4. Grid (``sym``): ``scale_r = 2·max_j |W_rj| / (2^b − 1)``, ``zero = 2^(b−1)``,
    ``q = clamp(round(w/scale) + zero, 0, 2^b − 1)``, ``ŵ = scale·(q − zero)``. An all-zero row
    gets ``max = 1``. With ``group_size > 0`` a new per-row scale is taken at every group start
@@ -22,10 +26,11 @@ re-implementation in ``benchmarks/reference_gptq.py`` by ``tests/test_gptq.py``)
    all ``≥ 0`` the scale ``max/(2^b − 1)`` instead of ``2·max/(2^b − 1)``; here every row uses
    the symmetric formula above. Random or real weights almost never hit this case.
 
-Precision: the Cholesky factorizations and the inverse run in float64 (``Σ`` may be
-ill-conditioned) and ``U`` is then cast to the working dtype; the column loop runs in float32 by
-default, as the authors' code does (``precision="float64"`` is available and is what the
-code-identity test uses, since float32 sums in a different order can flip a near-tie).
+Precision: GPTQ factors ``H`` in float32 and runs the column loop in float32, as the authors'
+code does (the damping of 0.01 bounds the condition number; a float32 factorization that fails
+is retried in float64 before any damping is escalated). ``precision="float64"`` runs both in
+float64 and is what the code-identity test uses, since float32 sums in a different order can
+flip a near-tie. GPTQ-EC, whose high-rate theory needs the factor exactly, factors in float64.
 
 Codes are stored signed, ``q − zero ∈ [−2^(b−1), 2^(b−1) − 1]``, so that ``Ŵ = scale · codes``.
 The rate is ``b`` bits (``log_cardinality``) plus 16 bits per stored fp16 scale, or the codes'
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -101,31 +107,44 @@ class GPTQPrepared:
 
     Attributes
     ----------
-    U : torch.Tensor, shape (n, n), float64
-        Upper Cholesky factor of the damped ``H⁻¹``, in the decision order.
+    F : torch.Tensor, shape (n, n)
+        In the dtype of the factorization (float32 for GPTQ's default, else float64).
+        The error-feedback matrix in the decision order: ``F = R diag(R)⁻¹``, unit upper
+        triangular, where ``H = R Rᵀ`` (damped ``H``, ``R`` upper). ``R⁻¹`` is the authors'
+        ``U``, the upper Cholesky factor of ``H⁻¹``.
+    r_diag : torch.Tensor, shape (n,), float64
+        ``diag R = 1/diag U``; ``r_diag² / 2 = Var(X_j | X_>j)``, GPTQ's ``d_j`` of the damped Σ.
     perm : torch.Tensor or None
         Decision order (act-order), or None for the natural order.
     dead : torch.Tensor, shape (n,), bool
         Columns with ``Σ_jj == 0`` (in the original order).
     damping_abs : float
         The absolute damping added to ``diag H``.
-    feedback : float
-        ``max_j ‖U_j,j+1:‖ / U_jj``, how much the error feedback can amplify rounding noise.
     damping_used : float
         The relative damping that factored (the requested one unless the Cholesky failed and
         it was escalated, see :func:`~wfviz.quantizers.base.damped_cholesky`).
     """
 
-    U: torch.Tensor
+    F: torch.Tensor
+    r_diag: torch.Tensor
     perm: torch.Tensor | None
     dead: torch.Tensor
     damping_abs: float
-    feedback: float
     damping_used: float = 0.0
 
     @property
     def n(self) -> int:
-        return int(self.U.shape[0])
+        return int(self.F.shape[0])
+
+    @cached_property
+    def feedback(self) -> float:
+        """``max_j ‖F_<j,j‖``: the feedback one column receives, in units of the errors fed.
+
+        Computed on first use (only GPTQ-EC's precision choice needs it); a strided column
+        norm over ``F`` costs a third of GPTQ's whole factorization at n = 4096.
+        """
+        sq = torch.ones(1, self.n, dtype=self.F.dtype, device=self.F.device) @ self.F.square()
+        return float((sq - 1).clamp_min(0).sqrt().max())
 
 
 def check_sigma(sigma, n: int | None = None) -> torch.Tensor:
@@ -153,7 +172,7 @@ def check_weights(W) -> None:
 
 def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = False, *,
                  dtype: torch.dtype = torch.float64):
-    """Damped inverse-Hessian Cholesky factor ``U`` of GPTQ.
+    """GPTQ's damped Hessian factor, in the form its error feedback uses (see :func:`sic_pass`).
 
     Parameters
     ----------
@@ -167,7 +186,7 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
         Precision of the factorization. float64 by default (Σ may be ill-conditioned and
         GPTQ-EC's high-rate theory needs ``U`` exactly); GPTQ with a float32 loop factors in
         float32 as the authors' code does: the damping bounds the condition number, and a
-        float32 failure is retried in float64. ``U`` is float64 either way.
+        float32 failure is retried in float64. ``F`` keeps the dtype that factored.
 
     Returns
     -------
@@ -176,8 +195,8 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     Examples
     --------
     >>> p = prepare_gptq(torch.eye(3), 0.0)
-    >>> torch.allclose(p.U, torch.eye(3, dtype=torch.float64) / 2**0.5)
-    True
+    >>> torch.equal(p.F, torch.eye(3, dtype=torch.float64)), p.r_diag.tolist() == [2**0.5] * 3
+    (True, True)
     """
     s = check_sigma(sigma)
     if dtype != torch.float64:
@@ -195,10 +214,10 @@ def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
     if act_order:  # dead columns count as diag H = 1 in the sort, as in the authors' code
         perm = torch.argsort(torch.where(dead, 0.5, torch.diagonal(s)), descending=True,
                              stable=True)
-    # With J the order reversal, chol(J H J) = L̃ gives H = R Rᵀ with R = J L̃ J upper, so
-    # H⁻¹ = R⁻ᵀ R⁻¹ and R⁻¹ is the upper Cholesky factor of H⁻¹: one triangular inverse
-    # instead of forming H⁻¹ and factorizing it again (about 5x faster, no explicit inverse).
-    # H is built directly in reversed decision order to hold as few n×n copies as possible.
+    # With J the order reversal, chol(J H J) = L̃ gives H = R Rᵀ with R = J L̃ J upper, and
+    # R⁻¹ is the authors' U. The loop runs on R directly (see sic_pass), so neither H⁻¹ nor
+    # a triangular inverse is ever formed. H is built directly in reversed decision order to
+    # hold as few n×n copies as possible.
     if perm is None:
         H = s.flip(0, 1)
     else:
@@ -209,40 +228,13 @@ def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
     H[dead_rev, dead_rev] = 1.0
     L, percdamp_used, damping_abs = damped_cholesky(H, float(percdamp), escalate=escalate)
     del H
-    R = L.flip(0, 1)
+    F = L.flip(0, 1)
     del L
-    U = upper_triangular_inverse(R).to(torch.float64)
-    del R
-    diag = torch.diagonal(U)
-    strict = (torch.linalg.vector_norm(U, dim=1) ** 2 - diag**2).clamp_min(0).sqrt()
-    feedback = float((strict / diag).max())
-    return GPTQPrepared(U=U, perm=perm, dead=dead, damping_abs=damping_abs, feedback=feedback,
+    r_diag = torch.diagonal(F).clone()
+    F.div_(r_diag)
+    r_diag = r_diag.to(torch.float64)
+    return GPTQPrepared(F=F, r_diag=r_diag, perm=perm, dead=dead, damping_abs=damping_abs,
                         damping_used=percdamp_used)
-
-
-def upper_triangular_inverse(R: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """Inverse of an upper-triangular matrix by block back-substitution with GEMMs.
-
-    ``X_ii = R_ii⁻¹`` and ``X_i,>i = −X_ii R_i,>i X_>i,>i`` from the last block row up:
-    about ``2n³/3`` flops in matrix products, 3-5x faster on the CPU than
-    ``torch.linalg.solve_triangular(R, I)`` (a triangular solve with ``n`` right-hand sides).
-
-    Examples
-    --------
-    >>> R = torch.tensor([[2.0, 1.0], [0.0, 4.0]], dtype=torch.float64)
-    >>> upper_triangular_inverse(R, block=1).tolist()
-    [[0.5, -0.125], [0.0, 0.25]]
-    """
-    n = R.shape[0]
-    X = torch.zeros_like(R)
-    for i1 in reversed(range(0, n, block)):
-        i2 = min(i1 + block, n)
-        eye = torch.eye(i2 - i1, dtype=R.dtype, device=R.device)
-        Xii = torch.linalg.solve_triangular(R[i1:i2, i1:i2], eye, upper=True)
-        X[i1:i2, i1:i2] = Xii
-        if i2 < n:
-            X[i1:i2, i2:] = -Xii @ (R[i1:i2, i2:] @ X[i2:, i2:])
-    return X
 
 
 def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
@@ -253,22 +245,29 @@ def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
     >>> sym_scale(torch.tensor([[1.5, -3.0], [0.0, 0.0]], dtype=torch.float64), 5).tolist()
     [1.5, 0.5]
     """
-    m = W.abs().amax(dim=1)
+    m = torch.linalg.vector_norm(W, ord=math.inf, dim=1)  # max |W_rj| without an |W| copy
     m = torch.where(m == 0, torch.ones_like(m), m)
     return 2.0 * m / (levels - 1)
 
 
-def sic_pass(W: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, *, bounds=None,
+def sic_pass(W: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *, bounds=None,
              group_size: int = 0, levels: int = 0, block_size: int = 128,
              cancel: CancelFn | None = None, progress: ProgressFn | None = None):
     """GPTQ's column loop: round each column with a per-row step and feed its error forward.
+
+    The authors' loop feeds the *updated* column's error ``(x_j − ŵ_j)/U_jj`` forward along the
+    row ``U_j,>j`` of the Cholesky factor of ``H⁻¹``. Unrolling that recursion gives the same
+    decisions from the factor of ``H`` itself: column ``j`` is rounded from
+    ``x_j = w_j + Σ_{k<j} (w_k − ŵ_k) F_kj`` with ``F = R diag(R)⁻¹`` and ``H = R Rᵀ``, so the
+    errors fed forward are the final ``W − Ŵ`` and no inverse is needed. Equal in exact
+    arithmetic; in floating point the sums differ in order, which can flip a near-tie.
 
     Parameters
     ----------
     W : torch.Tensor, shape (a, n)
         Weights in the decision order, in the working dtype (not modified).
-    U : torch.Tensor, shape (n, n)
-        Upper Cholesky factor of the damped ``H⁻¹`` in the same order and dtype.
+    F : torch.Tensor, shape (n, n)
+        Feedback matrix :attr:`GPTQPrepared.F` in the same order and dtype.
     scale : torch.Tensor, shape (a,)
         Step of each row (GPTQ's scale, or GPTQ-EC's Δ repeated).
     bounds : tuple of float, optional
@@ -296,44 +295,63 @@ def sic_pass(W: torch.Tensor, U: torch.Tensor, scale: torch.Tensor, *, bounds=No
     [[1, -1]]
     """
     a, n = W.shape
-    Wk = W.clone()
-    codes_t = torch.empty((n, a), dtype=W.dtype, device=W.device)
+    # Work on Wᵀ: one column per contiguous row, and a block of columns is a view (one
+    # transpose up front costs ~2/5 of transposing every block separately).
+    Wt = W.T.contiguous()
+    Xt = Wt.clone()  # the weights plus the feedback received so far
+    Et = torch.empty_like(Wt)
+    codes_t = torch.empty_like(Wt)
     used = [scale]
+    # The loop is bound by per-operation overhead: make every per-column view up front.
+    xs, ws, es, cs = Xt.unbind(0), Wt.unbind(0), Et.unbind(0), codes_t.unbind(0)
+    e_rows = Et.unsqueeze(1).unbind(0)
     for i1 in range(0, n, block_size):
         if cancel is not None and cancel():
             raise Cancelled()
         i2 = min(i1 + block_size, n)
-        Wt = Wk[:, i1:i2].T.contiguous()  # one column per contiguous row
-        Et = torch.empty_like(Wt)
-        Ub = U[i1:i2, i1:i2]
-        # The loop is bound by per-operation overhead: make every per-column view up front.
-        ws, es, e_rows = Wt.unbind(0), Et.unbind(0), Et.unsqueeze(1).unbind(0)
-        # 0-dim tensors: an op with a Python scalar costs ~3x one with a 0-dim tensor here
-        u_diag = torch.diagonal(Ub).clone().unbind(0)
+        Fb = F[i1:i2, i1:i2]
+        Xb, Eb = Xt[i1:i2], Et[i1:i2]
+        if group_size > 0:  # the lazy state at the block start, as far as groups reach
+            e = min(i2 + group_size, n)
+            start = (Xt[i1:e].clone(), Wt[i1:e], F[i1:e, i1:e])
         for i in range(i2 - i1):
             j = i1 + i
             if group_size > 0 and j % group_size == 0 and j > 0:
-                scale = sym_scale(Wk[:, j:j + group_size], levels)
+                scale = sym_scale(_authors_block_state(*start, i, i + group_size), levels)
                 used.append(scale)
-            c = torch.div(ws[i], scale, out=codes_t[j])
+            c = torch.div(xs[j], scale, out=cs[j])
             torch.round(c, out=c)  # half to even; in-place round_() is ~6x slower on the CPU
             if bounds is not None:
                 c.clamp_(bounds[0], bounds[1])
-            torch.addcmul(ws[i], scale, c, value=-1.0, out=es[i]).div_(u_diag[i])
+            torch.addcmul(ws[j], scale, c, value=-1.0, out=es[j])
             # Two-level lazy updates: rank-1 (a K=1 GEMM; addr_ is ~80x slower on the CPU)
             # inside a sub-block, one GEMM per sub-block for the rest of the block. Rank-1
             # updates over the whole block would move ~block/2 rows per column through memory.
             s2 = min(i - i % SUB_BLOCK + SUB_BLOCK, i2 - i1)
             if i + 1 < s2:
-                Wt[i + 1:s2].addmm_(Ub[i, i + 1:s2, None], e_rows[i], alpha=-1.0)
+                Xb[i + 1:s2].addmm_(Fb[i, i + 1:s2, None], e_rows[j])
             elif s2 < i2 - i1:
                 s1 = s2 - SUB_BLOCK
-                Wt[s2:].addmm_(Ub[s1:s2, s2:].T, Et[s1:s2], alpha=-1.0)
+                Xb[s2:].addmm_(Fb[s1:s2, s2:].T, Eb[s1:s2])
         if i2 < n:
-            Wk[:, i2:].addmm_(Et.T, U[i1:i2, i2:], alpha=-1.0)
+            Xt[i2:].addmm_(F[i1:i2, i2:].T, Eb)
         if progress is not None:
             progress(i2 / n, f"column {i2} of {n}")
     return codes_t.T.to(torch.int64), torch.stack(used)
+
+
+def _authors_block_state(X0t, W0t, F0, j, j2):
+    """Columns ``j:j2`` of a block as the authors' loop holds them at the block's start.
+
+    ``X0t``, ``W0t`` (a row per column) and ``F0`` start at the block's first column. Their
+    lazy state there is ``W + (W − Ŵ)_before H_12 H_22⁻¹ = W + (W − Ŵ)_before R_12 R_22⁻¹``,
+    ours is ``W + (W − Ŵ)_before F_12``; since ``F_22 = R_22 diag(R_22)⁻¹`` is unit upper
+    triangular, theirs is ours times ``F_22⁻¹``, and columns ``< j2`` need only ``F0[:j2, :j2]``.
+    """
+    fed = (X0t[:j2] - W0t[:j2]).T
+    fed = torch.linalg.solve_triangular(F0[:j2, :j2], fed, upper=True, left=False,
+                                        unitriangular=True)
+    return W0t[j:j2].T + fed[:, j:]
 
 
 def check_bits(rate) -> int:
@@ -408,14 +426,15 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     dtype = _DTYPES[config.precision]
     Wd = W.to(dtype)
     scale0 = sym_scale(Wd, levels)  # before zeroing dead columns, as the authors' code
-    Wd = Wd.masked_fill(prep.dead[None, :].to(W.device), 0.0)
+    if prep.dead.any():
+        Wd = Wd.masked_fill(prep.dead[None, :].to(W.device), 0.0)
     if prep.perm is not None:
         Wd = Wd[:, prep.perm.to(W.device)]
     group = int(config.group_size) if config.group_size > 0 else 0
     if group:
         scale0 = sym_scale(Wd[:, :group], levels)
     half = levels // 2
-    codes, scales = sic_pass(Wd, prep.U.to(device=W.device, dtype=dtype), scale0,
+    codes, scales = sic_pass(Wd, prep.F.to(device=W.device, dtype=dtype), scale0,
                              bounds=(-half, half - 1), group_size=group, levels=levels,
                              block_size=int(config.block_size), cancel=cancel, progress=progress)
     per_column = _column_scales(scales, n, group)

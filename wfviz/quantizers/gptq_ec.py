@@ -2,7 +2,7 @@
 
 Every column is rounded with one uniform step ``Δ`` in the weight domain, with no clipping
 (codes ``round(w/Δ)`` are unbounded integers), and the error is fed forward exactly as in GPTQ
-(same damped ``U``, same lazy blocks; see :mod:`wfviz.quantizers.gptq`). The codes are meant to
+(same damped factor, same lazy blocks; see :mod:`wfviz.quantizers.gptq`). The codes are meant to
 be entropy coded, so the rate is measured on them (default: per-column empirical entropy) plus
 16 bits for the one fp16 step. At high rate its distortion is ``(2πe/12)·σ²·AM(d)·2^{−2R}``,
 ``½ log2(AM(d)/GM(d))`` bits above WaterSIC.
@@ -17,8 +17,9 @@ evaluated point refines the same rate curve for all targets
 evaluated point, so no extra pass runs for the answer.
 
 Precision: ``"auto"`` runs the column loop in float32 unless an a-priori bound on float32
-rounding noise in the residual targets, ``2⁻²⁴·√n·(max|W|/Δ + max_j ‖U_j,j+1:‖/U_jj)`` in units
-of the step, exceeds ``fp32_noise_limit`` (high rate or an ill-conditioned Σ); then float64.
+rounding noise in the residual targets, ``2⁻²⁴·√n·(max|W|/Δ + max_j ‖F_<j,j‖)`` in units of
+the step (``F`` is the feedback matrix of :class:`~wfviz.quantizers.gptq.GPTQPrepared`),
+exceeds ``fp32_noise_limit`` (high rate or an ill-conditioned Σ); then float64.
 The Cholesky factors are always float64.
 """
 
@@ -98,7 +99,7 @@ class GPTQECConfig:
 
 
 def prepare_gptq_ec(sigma: torch.Tensor, config: GPTQECConfig = GPTQECConfig()) -> GPTQPrepared:
-    """The Σ-only part (damped ``U``, order, dead columns), shared by every rate.
+    """The Σ-only part (damped feedback factor, order, dead columns), shared by every rate.
 
     Examples
     --------
@@ -178,7 +179,7 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
     Wd = W.masked_fill(prep.dead[None, :].to(W.device), 0.0)
     if prep.perm is not None:
         Wd = Wd[:, prep.perm.to(W.device)]
-    U = prep.U.to(W.device)
+    F = prep.F.to(W.device)
     side = SCALE_BITS
     search = RateCurveSearch(rates, config.rate_tol, _start_u(Wd, float(rates[0]) - side / (a * n)))
     for k in range(config.max_search_rounds):
@@ -187,11 +188,11 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
             break
         steps = [_stored_step(u) for u in todo]
         dtype = _loop_dtype(Wd, prep, min(steps), config)
-        if U.dtype != dtype:
-            U = U.to(dtype)
+        if F.dtype != dtype:
+            F = F.to(dtype)
         stacked = Wd.to(dtype).repeat(len(todo), 1)
         row_step = torch.tensor(steps, dtype=dtype, device=W.device).repeat_interleave(a)
-        codes, _ = sic_pass(stacked, U, row_step, block_size=int(config.block_size),
+        codes, _ = sic_pass(stacked, F, row_step, block_size=int(config.block_size),
                             cancel=cancel)
         for i, u in enumerate(todo):
             c = unpermute_columns(codes[i * a:(i + 1) * a], prep.perm)
