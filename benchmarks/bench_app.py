@@ -209,6 +209,35 @@ def _slider_moves(browser, url: str, lam: np.ndarray, repeat: int) -> float:
     return statistics.median(times)
 
 
+DEMO_POINTS = 36  # 2 methods × 3 rotations × 6 rates, the form's defaults
+
+
+def _demo_runs(browser, url: str) -> list[tuple[float, float]]:
+    """Seconds from a click on Run (the form's defaults) until the status reads Done and the
+    results' charts are drawn, and the sweep's own seconds that the status reports: the first
+    run of a fresh server process, then a second."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
+    page = context.new_page()
+    page.set_default_timeout(300_000)
+    page.goto(url + "/quantize")
+    _idle(page)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        page.locator(".st-key-q_run button").click()
+        page.locator("[data-testid='stApp'][data-test-script-state='running']").wait_for(
+            state="attached")
+        _idle(page)
+        done = page.get_by_text(f"Done: {DEMO_POINTS} points")
+        done.wait_for()
+        page.locator(".js-plotly-plot .main-svg").first.wait_for()
+        elapsed = time.perf_counter() - start
+        sweep_s = float(done.inner_text().split(" in ")[1].rstrip(" s"))
+        times.append((elapsed, sweep_s))
+    context.close()
+    return times
+
+
 def browser_times(lam: np.ndarray, repeat: int) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -225,6 +254,10 @@ def browser_times(lam: np.ndarray, repeat: int) -> dict:
                     [_load(browser, url) for _ in range(max(1, repeat // 2))])
                 out[f"browser: slider move, key press to new metrics, n={lam.size}"] = \
                     _slider_moves(browser, url, lam, repeat)
+                runs = zip(_demo_runs(browser, url), ("first", "again"), strict=True)
+                for (wall, sweep_s), which in runs:
+                    out[f"browser: default Quantize demo, click Run to charts, {which}"] = wall
+                    out[f"browser:   of which the sweep on the server, {which}"] = sweep_s
                 browser.close()
         finally:
             proc.terminate()

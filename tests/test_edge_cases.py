@@ -126,3 +126,18 @@ def test_a_single_feature_works(method):
     res = wfviz.quantize(W, np.array([[2.0]]), method=method, rate=3)
     assert res.W_hat.shape == (512, 1)
     assert 0 < res.relative_distortion < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_lapack_cholesky_matches_torch_and_reports_failure(dtype):
+    from wfviz.quantizers.base import POTRF_MIN_N, cholesky_ex
+
+    n = POTRF_MIN_N
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(n, n + 8, generator=g, dtype=torch.float64)
+    S = (A @ A.T / n).to(dtype)
+    L, info = cholesky_ex(S)
+    assert info == 0 and L.dtype == dtype and torch.equal(L, torch.tril(L))
+    assert torch.allclose(L, torch.linalg.cholesky(S), rtol=1e-3, atol=1e-4)
+    S[5, 5] = -1.0  # indefinite: LAPACK's info names the failing leading minor
+    assert cholesky_ex(S)[1] > 0

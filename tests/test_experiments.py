@@ -23,7 +23,8 @@ def test_grid_and_columns():
     rows = sweep(_sigma(), methods="gptq-ec,gptq", rotations="identity,haar", rates=[2, 4],
                  rows=512, progress=lambda f, m: calls.append(f))
     assert len(rows) == 8 and all(tuple(r) == COLUMNS for r in rows)
-    assert calls[-1] == pytest.approx(1.0) and len(calls) == 4
+    # one call per (method, rotation) at least, rising to 1 (batched searches report rounds)
+    assert calls[-1] == pytest.approx(1.0) and len(calls) >= 4 and calls == sorted(calls)
     ec = [r for r in rows if r["method"] == "gptq-ec"]
     assert all(abs(r["rate"] - r["target_rate"]) <= 0.01 for r in ec)
     assert all(r["prediction"] == "high-rate theory" for r in ec)
@@ -137,14 +138,14 @@ def test_a_cancelled_sweep_keeps_its_finished_points():
     done = []
     finished = []
 
-    def cancel():  # let the first (rotation, method) finish, then stop
-        return len(done) >= 1
+    def cancel():  # let the first method finish (on both rotations, batched), then stop
+        return any(m.endswith(" done") for m in done)
 
     with pytest.raises(Cancelled):
         sweep(_sigma(), methods="gptq-ec,watersic", rotations="identity,haar", rates=[2, 3],
               rows=256, progress=lambda f, m: done.append(m), cancel=cancel, table=finished)
-    assert len(finished) == 2 and {r["method"] for r in finished} == {"gptq-ec"}
-    assert all(r["rotation"] == "identity" for r in finished)
+    assert len(finished) == 4 and {r["method"] for r in finished} == {"gptq-ec"}
+    assert {r["rotation"] for r in finished} == {"identity", "haar"}
 
 
 def test_keep_gives_the_per_column_view_of_every_point():
@@ -162,3 +163,17 @@ def test_keep_gives_the_per_column_view_of_every_point():
     col = [r for r in rows if r["method"] == "watersic"][0]
     side = 16 * 32 / (256 * 32)
     assert ws["column_entropy"].mean() + side == pytest.approx(col["rate"], abs=1e-9)
+
+
+def test_batched_rotations_give_the_table_of_one_rotation_at_a_time(monkeypatch):
+    import wfviz.experiments as experiments
+
+    kwargs = dict(methods="gptq-ec,watersic,gptq", rotations="identity,haar,hadamard",
+                  rates=[2, 4], rows=256)
+    batched = sweep(_sigma(), **kwargs)
+    monkeypatch.setattr(experiments, "BATCH_MAX_N", 0)
+    one_by_one = sweep(_sigma(), **kwargs)
+    keys = ("method", "rotation", "target_rate", "rate", "distortion")
+    assert [tuple(r[k] for k in keys) for r in batched] == \
+        [tuple(r[k] for k in keys) for r in one_by_one]
+    assert [r["rotation"] for r in batched[:3]] == ["identity"] * 3  # rotation-major order

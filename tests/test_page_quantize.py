@@ -39,7 +39,7 @@ def test_default_state_asks_for_a_run():
     assert not at.get("plotly_chart")
     # The default demo stays below the rates where 256 codes per column misread the entropy.
     assert at.number_input(key="q_rate_hi").value == 5.0
-    assert at.number_input(key="q_points").value == 5
+    assert at.number_input(key="q_points").value == 6
 
 
 def test_run_draws_measured_points_against_theory():

@@ -101,3 +101,4 @@ def test_bad_options_and_inputs():
 def test_weighted_error():
     assert weighted_error(torch.tensor([[1.0, 2.0]]), torch.diag(torch.tensor([1.0, 3.0]))) \
         == pytest.approx(13 / 2)
+

@@ -119,3 +119,19 @@ def test_plugin_entropy_bias_shrinks_as_one_over_rows_once_levels_are_few():
     b256, b1024, b4096 = (plugin_entropy_bias([5.0], n)[0] for n in (256, 1024, 4096))
     assert 0.05 < b256 < 0.3 and b4096 < b1024 < b256
     assert 3.0 < b1024 / b4096 < 5.0  # Miller–Madow: (K − 1)/(2 N ln 2) while K ≪ N
+
+
+@pytest.mark.parametrize("h", [0.5, 2.0, 5.0])
+def test_step_model_predicts_the_plugin_entropy_of_rounded_gaussian_columns(h):
+    from wfviz.rates import column_entropy_bits, log2_step_for_entropy
+
+    rng = np.random.default_rng(0)
+    log2_sigma = rng.uniform(-1.0, 1.0, 400)
+    X = rng.standard_normal((256, 400)) * 2.0**log2_sigma
+    for rows, tol in ((256, 0.02), (None, None)):
+        u = log2_step_for_entropy(log2_sigma, [h], rows)[0]
+        measured = column_entropy_bits(np.rint(X / 2.0**u).astype(np.int64)).mean()
+        if rows is not None:
+            assert measured == pytest.approx(h, abs=tol)
+        else:  # the exact-entropy model asks for a coarser step: 256 codes read it low
+            assert measured < h + 0.005

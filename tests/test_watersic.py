@@ -302,3 +302,33 @@ def test_stacked_search_reports_passes_and_points_apart():
     assert info["search_passes"] < info["search_points"] <= 6 * info["search_passes"]
     assert info["search_passes"] <= 4
     assert all(abs(o.rate - r) <= 0.01 for o, r in zip(outs, range(1, 7), strict=True))
+
+
+def test_batched_problems_give_each_problem_its_own_search():
+    """Several bases in one batched loop (float64) give the codes each gives alone; a
+    problem with dead features (another live count) runs in its own loop."""
+    from wfviz.quantizers.watersic import quantize_watersic_many, quantize_watersic_rates
+
+    n = 40
+    S1, S2 = _powerlaw_sigma(n, seed=1), 3.0 * _powerlaw_sigma(n, seed=2)
+    S3 = _powerlaw_sigma(n, rotate=False).clone()
+    S3[:, 7] = S3[7, :] = 0.0  # one dead feature
+    W = _weights(256, n, seed=5)
+    cfg = WaterSICConfig(precision="float64")
+    rates = [1.0, 2.5, 4.0]
+    problems = [(W, S1, None), (W, S2, None), (W, S3, None)]
+    batched = quantize_watersic_many(problems, rates, cfg)
+    for (Wp, S, _), outs in zip(problems, batched, strict=True):
+        alone = quantize_watersic_rates(Wp, S, rates, cfg)
+        for a, b in zip(alone, outs, strict=True):
+            assert torch.equal(a.codes, b.codes) and a.rate == b.rate
+            assert torch.allclose(a.W_hat, b.W_hat)
+    assert torch.all(batched[2][0].codes[:, 7] == 0)
+
+
+def test_feedback_gain_is_the_largest_scaled_column_norm_below_the_diagonal():
+    from wfviz.quantizers.watersic import _feedback_gain
+
+    L = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [4.0, 3.0, 4.0]], dtype=F64)
+    # column 0: (1/1, 4/4) → √2; column 1: (3/4) → 0.75
+    assert _feedback_gain(L, rows=2) == pytest.approx(math.sqrt(2.0))

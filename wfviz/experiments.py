@@ -25,6 +25,7 @@ import csv
 import io
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -147,24 +148,63 @@ def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
     return (torch.diagonal(L) ** 2).flip(0).cpu().numpy()
 
 
-def _method_outputs(spec, Wr, Sr, rates, metric, cancel, prep=None):
-    """Yield (rate, MethodOutput, seconds) for one method in one basis, sharing the Σ work."""
-    cfg = make_config(spec.name)
+@dataclass
+class _Basis:
+    """One rotation's weights and Σ, with what every method's rows share."""
+
+    label: str
+    Wr: torch.Tensor
+    Sr: torch.Tensor
+    energy: float
+    d: np.ndarray | None
+    ec_prep: GPTQPrepared | None  # GPTQ-EC's factor, dropped once GPTQ-EC has run
+    ec_prep_s: float
+
+
+def _basis(W, S, rot_name, label, seed, methods) -> _Basis:
+    from .rotations import get_rotation
+
+    rot = get_rotation(rot_name, S.shape[0], seed=seed, sigma=S)
+    Wr, Sr = rot.apply_layer(W, S)
+    del rot  # a dense Q is n×n: free it before the factorizations
     start = time.perf_counter()
-    if prep is None and spec.prepare is not None:
-        prep = spec.prepare(Sr, cfg)
+    ec_prep = prepare_gptq_ec(Sr) if "gptq-ec" in methods else None
+    ec_prep_s = time.perf_counter() - start
+    return _Basis(label, Wr, Sr, weighted_error(Wr, Sr), _gptq_d(Sr, ec_prep), ec_prep,
+                  ec_prep_s)
+
+
+def _method_points(spec, bases: list[_Basis], rates, metric, cancel,
+                   progress=None) -> list[list[tuple]]:
+    """(rate, MethodOutput, seconds) of one method for every rate in every basis.
+
+    Methods with a batched search get all bases in one call; the shared work (factor,
+    search, GPTQ-EC's factor made with the basis) is shared out equally over the points.
+    """
+    cfg = make_config(spec.name)
+    if spec.quantize_many is None:
+        return [list(_single_points(spec, cfg, b, rates, metric, cancel)) for b in bases]
+    start = time.perf_counter()
+    preps = [b.ec_prep if spec.name == "gptq-ec" else
+             spec.prepare(b.Sr, cfg) if spec.prepare is not None else None for b in bases]
+    outs = spec.quantize_many([(b.Wr, b.Sr, p) for b, p in zip(bases, preps, strict=True)],
+                              rates, cfg, rate_metric=metric, cancel=cancel, progress=progress)
+    del preps
+    each = (time.perf_counter() - start) / (len(bases) * len(rates))
+    extra = [b.ec_prep_s / len(rates) if spec.name == "gptq-ec" else 0.0 for b in bases]
+    return [[(r, o, each + x) for r, o in zip(rates, row, strict=True)]
+            for row, x in zip(outs, extra, strict=True)]
+
+
+def _single_points(spec, cfg, b: _Basis, rates, metric, cancel):
+    start = time.perf_counter()
+    prep = spec.prepare(b.Sr, cfg) if spec.prepare is not None else None
     prep_s = time.perf_counter() - start
-    if spec.quantize_rates is not None:
-        start = time.perf_counter()
-        outs = spec.quantize_rates(Wr, Sr, rates, cfg, rate_metric=metric, cancel=cancel,
-                                   prepared=prep)
-        each = (prep_s + time.perf_counter() - start) / len(rates)
-        yield from ((r, o, each) for r, o in zip(rates, outs, strict=True))
-        return
     for r in rates:
         start = time.perf_counter()
         rate = int(r) if spec.integer_rates else r
-        out = spec.quantize(Wr, Sr, rate, cfg, rate_metric=metric, cancel=cancel, prepared=prep)
+        out = spec.quantize(b.Wr, b.Sr, rate, cfg, rate_metric=metric, cancel=cancel,
+                            prepared=prep)
         yield r, out, prep_s / len(rates) + time.perf_counter() - start
 
 
@@ -279,40 +319,54 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
     return run_with_oom_fallback(run, dev, notice)
 
 
+BATCH_MAX_N = 2048
+"""Up to this n a sweep prepares every rotation at once and runs each entropy-coded method
+over all of them in batched column loops, which are bound by per-operation overhead there;
+above it, one rotation at a time, so that only one rotation's n×n arrays are held."""
+
+
 def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
               progress, cancel, notice, table, keep) -> None:
-    from .rotations import get_rotation
-
     total, done = len(rotations) * len(methods), 0
     W = W64.to(dev)
-    for (S, rot_name), label in zip(bases, rotations, strict=True):
-        S = S.to(dev)
-        rot = get_rotation(rot_name, S.shape[0], seed=seed, sigma=S)
-        Wr, Sr = rot.apply_layer(W, S)
-        del rot  # a dense Q is n×n: free it before the factorizations
-        energy = weighted_error(Wr, Sr)
-        start = time.perf_counter()
-        ec_prep = prepare_gptq_ec(Sr) if "gptq-ec" in methods else None
-        ec_prep_s = time.perf_counter() - start
-        d = _gptq_d(Sr, ec_prep)
+    n = W.shape[1]
+    todo = list(zip(bases, rotations, strict=True))
+    groups = [todo] if n <= BATCH_MAX_N else [[item] for item in todo]
+    for group in groups:
+        prepared = [_basis(W, S.to(dev), rot_name, label, seed, methods)
+                    for (S, rot_name), label in group]
         for m in methods:
-            prep, ec_prep = (ec_prep, None) if m == "gptq-ec" else (None, ec_prep)
-            points = list(_method_outputs(get_method(m), Wr, Sr, rates, metric, cancel, prep))
-            del prep
+            inner = _share(progress, done, len(prepared), total)
+            per_basis = _method_points(get_method(m), prepared, rates, metric, cancel, inner)
             if m == "gptq-ec":
-                points = [(t, o, s + ec_prep_s / len(rates)) for t, o, s in points]
-            note = damping_notice(m, make_config(m), points[0][1].info, f" on {label}")
-            if note is not None and notice is not None:
-                notice(note)
-            dists = _distortions(Wr, Sr, [out for _, out, _ in points])
-            for (target, out, secs), dist in zip(points, dists, strict=True):
-                table.append(_row(m, label, target, out, dist, energy, lam, variance, d, secs))
-                if keep is not None:
-                    keep[(m, label, float(target))] = _kept(m, out)
-            done += 1
+                for b in prepared:
+                    b.ec_prep = None  # before the next method allocates its own factors
+            for b, points in zip(prepared, per_basis, strict=True):
+                _add_rows(table, keep, m, b, points, lam, variance, notice)
+            done += len(prepared)
             if progress is not None:
-                progress(done / total, f"{m} on {label} done")
-        del Sr, Wr  # before the next rotation allocates its own n×n arrays
+                progress(done / total, f"{m} on {', '.join(b.label for b in prepared)} done")
+        del prepared  # before the next rotation allocates its own n×n arrays
+    order = {(m, r): (rotations.index(r), methods.index(m)) for m in methods for r in rotations}
+    table.sort(key=lambda row: order[(row["method"], row["rotation"])])
+
+
+def _share(progress, done: int, size: int, total: int):
+    """A method's own progress (0..1 over ``size`` of the ``total`` steps) as the sweep's."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress((done + min(f, 1.0) * size) / total, msg)
+
+
+def _add_rows(table, keep, m, b: _Basis, points, lam, variance, notice) -> None:
+    note = damping_notice(m, make_config(m), points[0][1].info, f" on {b.label}")
+    if note is not None and notice is not None:
+        notice(note)
+    dists = _distortions(b.Wr, b.Sr, [out for _, out, _ in points])
+    for (target, out, secs), dist in zip(points, dists, strict=True):
+        table.append(_row(m, b.label, target, out, dist, b.energy, lam, variance, b.d, secs))
+        if keep is not None:
+            keep[(m, b.label, float(target))] = _kept(m, out)
 
 
 def table_to_csv(rows: list[dict]) -> str:

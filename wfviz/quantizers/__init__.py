@@ -16,7 +16,13 @@ import torch
 from ..errors import WfvizError
 from .base import Cancelled, MethodOutput
 from .gptq import GPTQConfig, GPTQPrepared, prepare_gptq, quantize_gptq
-from .gptq_ec import GPTQECConfig, prepare_gptq_ec, quantize_gptq_ec, quantize_gptq_ec_rates
+from .gptq_ec import (
+    GPTQECConfig,
+    prepare_gptq_ec,
+    quantize_gptq_ec,
+    quantize_gptq_ec_many,
+    quantize_gptq_ec_rates,
+)
 from .rtn import RTNConfig, quantize_rtn
 
 METHODS = {
@@ -45,9 +51,10 @@ class MethodSpec:
         The rate metric used when the caller gives none.
     integer_rates : bool
         The rate is a whole number of grid bits (RTN, GPTQ) rather than a measured target.
-    quantize_rates : callable or None
-        ``quantize_rates(W, sigma, rates, config, *, ...)`` → one output per rate, searched
-        together in stacked passes (the entropy-coded methods), or None.
+    quantize_many : callable or None
+        ``quantize_many(problems, rates, config, *, rate_metric, progress, cancel)`` with
+        ``problems`` a sequence of ``(W, sigma, prepared)`` → ``[problem][rate]`` outputs,
+        searched together in batched, stacked passes (the entropy-coded methods), or None.
     """
 
     name: str
@@ -56,7 +63,7 @@ class MethodSpec:
     prepare: Callable | None
     default_metric: str
     integer_rates: bool
-    quantize_rates: Callable | None = None
+    quantize_many: Callable | None = None
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -73,11 +80,11 @@ def _watersic_spec() -> MethodSpec:
         WaterSICConfig,
         prepare_watersic,
         quantize_watersic,
-        quantize_watersic_rates,
+        quantize_watersic_many,
     )
 
     return MethodSpec("watersic", WaterSICConfig, quantize_watersic, prepare_watersic,
-                      "column_entropy", False, quantize_watersic_rates)
+                      "column_entropy", False, quantize_watersic_many)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -95,7 +102,7 @@ def get_method(name: str) -> MethodSpec:
                           True)
     if name == "gptq-ec":
         return MethodSpec("gptq-ec", GPTQECConfig, quantize_gptq_ec, prepare_gptq_ec,
-                          "column_entropy", False, quantize_gptq_ec_rates)
+                          "column_entropy", False, quantize_gptq_ec_many)
     if name == "watersic":
         return _watersic_spec()
     raise WfvizError(f"Unknown method {name!r}; use one of {', '.join(METHODS)}.")
@@ -103,4 +110,5 @@ def get_method(name: str) -> MethodSpec:
 
 __all__ = ["METHODS", "Cancelled", "GPTQConfig", "GPTQECConfig", "GPTQPrepared", "MethodOutput",
            "MethodSpec", "RTNConfig", "get_method", "prepare_gptq", "prepare_gptq_ec",
-           "quantize_gptq", "quantize_gptq_ec", "quantize_gptq_ec_rates", "quantize_rtn"]
+           "quantize_gptq", "quantize_gptq_ec", "quantize_gptq_ec_many", "quantize_gptq_ec_rates",
+           "quantize_rtn"]

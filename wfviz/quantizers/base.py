@@ -11,6 +11,9 @@ import torch
 
 from ..errors import WfvizError
 
+POTRF_MIN_N = 2048
+"""From this size on, CPU Cholesky factorizations call LAPACK directly (see :func:`cholesky_ex`)."""
+
 _POTRF = {torch.float32: scipy.linalg.lapack.spotrf, torch.float64: scipy.linalg.lapack.dpotrf}
 
 ProgressFn = Callable[[float, str], None]
@@ -62,11 +65,14 @@ MAX_RELATIVE_DAMPING = 0.1
 def cholesky_ex(A: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Lower Cholesky factor of a symmetric ``A`` (not modified) and LAPACK's ``info``.
 
-    On the CPU this calls LAPACK's ``potrf`` through SciPy on the row-major buffer read as
-    column-major (the same matrix, ``A`` being symmetric) and keeps the garbage triangle until
-    one in-place ``tril_``: about 2x faster than ``torch.linalg.cholesky_ex``, which copies to
-    column-major and back (0.14 s against 0.30 s at n = 4096 in float32 on this project's
-    2-core machine). Other devices use torch. ``info > 0`` means not positive definite.
+    From n = 2048 on the CPU this calls LAPACK's ``potrf`` through SciPy on the row-major
+    buffer read as column-major (the same matrix, ``A`` being symmetric) and keeps the garbage
+    triangle until one in-place ``tril_``: ``torch.linalg.cholesky_ex`` copies to column-major
+    and back (0.14 s against 0.30 s at n = 4096 in float32 on this project's 2-core machine).
+    Smaller matrices use torch: right after torch's own threaded work, SciPy's BLAS threads
+    compete with torch's still-spinning ones and lose ~80 ms, more than potrf saves there
+    (at n = 1536 potrf took 0.10 s after a torch product against torch's 0.044 s). Other
+    devices use torch. ``info > 0`` means not positive definite.
 
     Examples
     --------
@@ -74,7 +80,8 @@ def cholesky_ex(A: torch.Tensor) -> tuple[torch.Tensor, int]:
     >>> L.tolist(), info
     ([[2.0, 0.0], [1.0, 2.0]], 0)
     """
-    if A.device.type != "cpu" or A.dtype not in _POTRF or not A.is_contiguous():
+    if A.device.type != "cpu" or A.dtype not in _POTRF or not A.is_contiguous() \
+            or A.shape[0] < POTRF_MIN_N:
         L, info = torch.linalg.cholesky_ex(A)
         return L, int(info)
     # potrf "upper" on the column-major view of A computes R with A = RᵀR; that buffer read

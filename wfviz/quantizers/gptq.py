@@ -147,8 +147,12 @@ class GPTQPrepared:
         return float((sq - 1).clamp_min(0).sqrt().max())
 
 
-def check_sigma(sigma, n: int | None = None) -> torch.Tensor:
-    """Return Σ as a float64 tensor after checking its shape and values."""
+def check_sigma(sigma, n: int | None = None, *, values: bool = True) -> torch.Tensor:
+    """Return Σ as a float64 tensor after checking its shape and (``values``) its entries.
+
+    Callers that hold a prepared factor of Σ skip the values: preparing checked them, and at
+    a = 256 the n×n pass costs as much as a few columns of the loop.
+    """
     if not isinstance(sigma, torch.Tensor):
         raise WfvizError("Σ must be a torch.Tensor here; use wfviz.quantize.quantize for numpy.")
     if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or sigma.shape[0] == 0:
@@ -156,6 +160,8 @@ def check_sigma(sigma, n: int | None = None) -> torch.Tensor:
     if n is not None and sigma.shape[0] != n:
         raise WfvizError(f"Σ must be {n}×{n} to match W's {n} columns, got "
                          f"{tuple(sigma.shape)}.")
+    if not values:
+        return sigma
     s = sigma.to(torch.float64)
     if not all_finite(s):
         raise WfvizError("Σ contains NaN or infinite entries; fix the data first.")
@@ -240,12 +246,14 @@ def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
 def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
     """Per-row scale ``2·max|W_r| / (levels − 1)`` of the symmetric grid (all-zero row → max 1).
 
+    Rows are along the last axis (leading axes are batch axes).
+
     Examples
     --------
     >>> sym_scale(torch.tensor([[1.5, -3.0], [0.0, 0.0]], dtype=torch.float64), 5).tolist()
     [1.5, 0.5]
     """
-    m = torch.linalg.vector_norm(W, ord=math.inf, dim=1)  # max |W_rj| without an |W| copy
+    m = torch.linalg.vector_norm(W, ord=math.inf, dim=-1)  # max |W_rj| without an |W| copy
     m = torch.where(m == 0, torch.ones_like(m), m)
     return 2.0 * m / (levels - 1)
 
@@ -262,13 +270,17 @@ def sic_pass(W: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *, bounds=No
     errors fed forward are the final ``W − Ŵ`` and no inverse is needed. Equal in exact
     arithmetic; in floating point the sums differ in order, which can flip a near-tie.
 
+    Several independent problems (say, one per rotation, each with its own ``F``) can run in
+    one loop with a leading batch axis: the loop is bound by per-operation overhead below
+    n ≈ 2048, so ``P`` problems cost far less than ``P`` loops.
+
     Parameters
     ----------
-    W : torch.Tensor, shape (a, n)
+    W : torch.Tensor, shape (a, n) or (P, a, n)
         Weights in the decision order, in the working dtype (not modified).
-    F : torch.Tensor, shape (n, n)
+    F : torch.Tensor, shape (n, n) or (P, n, n)
         Feedback matrix :attr:`GPTQPrepared.F` in the same order and dtype.
-    scale : torch.Tensor, shape (a,)
+    scale : torch.Tensor, shape (a,) or (P, a)
         Step of each row (GPTQ's scale, or GPTQ-EC's Δ repeated).
     bounds : tuple of float, optional
         ``(low, high)`` clamp of the signed codes; None for unbounded codes.
@@ -283,8 +295,8 @@ def sic_pass(W: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *, bounds=No
 
     Returns
     -------
-    codes : torch.Tensor, shape (a, n), int64
-    scales : torch.Tensor, shape (groups, a)
+    codes : torch.Tensor, shape of W, int64
+    scales : torch.Tensor, shape (groups, a) or (groups, P, a)
         The row scales in effect for each group (one group without grouping).
 
     Examples
@@ -293,27 +305,61 @@ def sic_pass(W: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *, bounds=No
     >>> codes, s = sic_pass(W, torch.eye(2), torch.tensor([0.5]))
     >>> codes.tolist()
     [[1, -1]]
+    >>> both, _ = sic_pass(torch.stack([W, -W]), torch.eye(2).expand(2, 2, 2),
+    ...                    torch.tensor([[0.5], [0.5]]))
+    >>> both.tolist()
+    [[[1, -1]], [[-1, 1]]]
     """
-    a, n = W.shape
     # Work on Wᵀ: one column per contiguous row, and a block of columns is a view (one
     # transpose up front costs ~2/5 of transposing every block separately).
-    Wt = W.T.contiguous()
+    codes_t, scales = sic_pass_transposed(W.mT.contiguous(), F, scale, bounds=bounds,
+                                          group_size=group_size, levels=levels,
+                                          block_size=block_size, cancel=cancel,
+                                          progress=progress)
+    return codes_t.mT.to(torch.int64), scales
+
+
+def sic_pass_transposed(Wt: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *,
+                        bounds=None, group_size: int = 0, levels: int = 0,
+                        block_size: int = 128, cancel: CancelFn | None = None,
+                        progress: ProgressFn | None = None):
+    """:func:`sic_pass` on ``Wᵀ`` given contiguous, shape ``(n, a)`` or ``(P, n, a)``.
+
+    Returns the codes transposed in the working dtype (callers that stack their weights build
+    them transposed and save two transposing copies) and the scales.
+
+    Examples
+    --------
+    >>> codes_t, _ = sic_pass_transposed(torch.tensor([[0.26], [-0.74]]), torch.eye(2),
+    ...                                  torch.tensor([0.5]))
+    >>> codes_t.flatten().tolist()
+    [1.0, -1.0]
+    """
+    if Wt.ndim == 3 and Wt.shape[0] == 1:  # 2-D GEMMs: baddbmm_ costs ~1.7x addmm_ per update
+        codes_t, scales = sic_pass_transposed(Wt[0], F[0], scale[0], bounds=bounds,
+                                              group_size=group_size, levels=levels,
+                                              block_size=block_size, cancel=cancel,
+                                              progress=progress)
+        return codes_t[None], scales[:, None]
+    # A batch axis, when there is one, leads; ``...`` indexing serves both shapes.
+    update = torch.Tensor.addmm_ if Wt.ndim == 2 else torch.Tensor.baddbmm_
+    n = Wt.shape[-2]
     Xt = Wt.clone()  # the weights plus the feedback received so far
     Et = torch.empty_like(Wt)
     codes_t = torch.empty_like(Wt)
     used = [scale]
     # The loop is bound by per-operation overhead: make every per-column view up front.
-    xs, ws, es, cs = Xt.unbind(0), Wt.unbind(0), Et.unbind(0), codes_t.unbind(0)
-    e_rows = Et.unsqueeze(1).unbind(0)
+    xs, ws, es, cs = Xt.unbind(-2), Wt.unbind(-2), Et.unbind(-2), codes_t.unbind(-2)
+    e_rows = Et.unsqueeze(-2).unbind(-3)
     for i1 in range(0, n, block_size):
         if cancel is not None and cancel():
             raise Cancelled()
         i2 = min(i1 + block_size, n)
-        Fb = F[i1:i2, i1:i2]
-        Xb, Eb = Xt[i1:i2], Et[i1:i2]
+        Fb = F[..., i1:i2, i1:i2]
+        Xb, Eb = Xt[..., i1:i2, :], Et[..., i1:i2, :]
         if group_size > 0:  # the lazy state at the block start, as far as groups reach
             e = min(i2 + group_size, n)
-            start = (Xt[i1:e].clone(), Wt[i1:e], F[i1:e, i1:e])
+            start = (Xt[..., i1:e, :].clone(), Wt[..., i1:e, :], F[..., i1:e, i1:e])
         for i in range(i2 - i1):
             j = i1 + i
             if group_size > 0 and j % group_size == 0 and j > 0:
@@ -329,29 +375,30 @@ def sic_pass(W: torch.Tensor, F: torch.Tensor, scale: torch.Tensor, *, bounds=No
             # updates over the whole block would move ~block/2 rows per column through memory.
             s2 = min(i - i % SUB_BLOCK + SUB_BLOCK, i2 - i1)
             if i + 1 < s2:
-                Xb[i + 1:s2].addmm_(Fb[i, i + 1:s2, None], e_rows[j])
+                update(Xb[..., i + 1:s2, :], Fb[..., i, i + 1:s2, None], e_rows[j])
             elif s2 < i2 - i1:
                 s1 = s2 - SUB_BLOCK
-                Xb[s2:].addmm_(Fb[s1:s2, s2:].T, Eb[s1:s2])
+                update(Xb[..., s2:, :], Fb[..., s1:s2, s2:].mT, Eb[..., s1:s2, :])
         if i2 < n:
-            Xt[i2:].addmm_(F[i1:i2, i2:].T, Eb)
+            update(Xt[..., i2:, :], F[..., i1:i2, i2:].mT, Eb)
         if progress is not None:
             progress(i2 / n, f"column {i2} of {n}")
-    return codes_t.T.to(torch.int64), torch.stack(used)
+    return codes_t, torch.stack(used)
 
 
 def _authors_block_state(X0t, W0t, F0, j, j2):
     """Columns ``j:j2`` of a block as the authors' loop holds them at the block's start.
 
-    ``X0t``, ``W0t`` (a row per column) and ``F0`` start at the block's first column. Their
-    lazy state there is ``W + (W − Ŵ)_before H_12 H_22⁻¹ = W + (W − Ŵ)_before R_12 R_22⁻¹``,
-    ours is ``W + (W − Ŵ)_before F_12``; since ``F_22 = R_22 diag(R_22)⁻¹`` is unit upper
-    triangular, theirs is ours times ``F_22⁻¹``, and columns ``< j2`` need only ``F0[:j2, :j2]``.
+    ``X0t``, ``W0t`` (a row per column, batch axes first) and ``F0`` start at the block's
+    first column. Their lazy state there is
+    ``W + (W − Ŵ)_before H_12 H_22⁻¹ = W + (W − Ŵ)_before R_12 R_22⁻¹``, ours is
+    ``W + (W − Ŵ)_before F_12``; since ``F_22 = R_22 diag(R_22)⁻¹`` is unit upper triangular,
+    theirs is ours times ``F_22⁻¹``, and columns ``< j2`` need only ``F0[:j2, :j2]``.
     """
-    fed = (X0t[:j2] - W0t[:j2]).T
-    fed = torch.linalg.solve_triangular(F0[:j2, :j2], fed, upper=True, left=False,
+    fed = (X0t[..., :j2, :] - W0t[..., :j2, :]).mT
+    fed = torch.linalg.solve_triangular(F0[..., :j2, :j2], fed, upper=True, left=False,
                                         unitriangular=True)
-    return W0t[j:j2].T + fed[:, j:]
+    return W0t[..., j:j2, :].mT + fed[..., j:]
 
 
 def check_bits(rate) -> int:
@@ -416,7 +463,7 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     """
     check_weights(W)
     a, n = W.shape
-    sigma = check_sigma(sigma, n)
+    sigma = check_sigma(sigma, n, values=prepared is None)
     bits = check_bits(rate)
     levels = 2**bits
     prep = prepared if prepared is not None else prepare_gptq(

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from ..errors import WfvizError
+from ..rates import log2_step_for_entropy
 from .base import CancelFn, MethodOutput, ProgressFn
 from .gptq import (
     SCALE_BITS,
@@ -40,7 +42,7 @@ from .gptq import (
     check_weights,
     measure_codes,
     prepare_gptq,
-    sic_pass,
+    sic_pass_transposed,
     unpermute_columns,
 )
 from .search import RateCurveSearch
@@ -124,10 +126,18 @@ def _stored_step(u: float) -> float:
     return half if 2.0**-14 <= half <= 65504.0 else step
 
 
-def _start_u(W: torch.Tensor, entropy: float) -> float:
-    """High-rate guess: a Gaussian of variance mean(W²) needs ``h − log2 Δ`` bits."""
-    var = float((W.to(torch.float64) ** 2).mean()) or 1.0
-    return 0.5 * math.log2(2 * math.pi * math.e * var) - entropy
+def _start_us(Wd: torch.Tensor, entropies, rate_metric: str) -> list[float]:
+    """First guesses of ``log2 Δ``: every column a Gaussian of its own mean square, rounded.
+
+    :func:`~wfviz.rates.log2_step_for_entropy` models the low-rate bend and, for
+    ``column_entropy``, the plug-in shortfall of ``a`` codes; the feedback, which adds to the
+    residual's variance, is left to the search.
+    """
+    s = (Wd.to(torch.float64) ** 2).mean(0).cpu().numpy()
+    if not (s > 0).any():
+        raise WfvizError("W is zero in every column; there is nothing to quantize.")
+    rows = Wd.shape[0] if rate_metric == "column_entropy" else None
+    return log2_step_for_entropy(0.5 * np.log2(np.maximum(s, 1e-300)), entropies, rows)
 
 
 def _check_target(rate, a: int, n: int, rate_metric: str) -> None:
@@ -165,44 +175,113 @@ def quantize_gptq_ec_rates(W: torch.Tensor, sigma: torch.Tensor, rates,
     >>> [round(o.rate) for o in outs]
     [2, 3]
     """
+    return quantize_gptq_ec_many([(W, sigma, prepared)], rates, config, rate_metric=rate_metric,
+                                 progress=progress, cancel=cancel)[0]
+
+
+@dataclass
+class _Problem:
+    """One (W, Σ) of a batched search: its decision-order weights, factor and step search."""
+
+    W: torch.Tensor
+    Wd: torch.Tensor
+    prep: GPTQPrepared
+    search: RateCurveSearch
+
+    @cached_property
+    def Wd_t(self) -> torch.Tensor:
+        """``Wdᵀ``, contiguous: the loop's layout, built once for every round."""
+        return self.Wd.T.contiguous()
+
+
+def _problem(W, sigma, prep, rates, config, rate_metric) -> _Problem:
     check_weights(W)
     a, n = W.shape
-    sigma = check_sigma(sigma, n)
+    sigma = check_sigma(sigma, n, values=prep is None)
+    for r in rates:
+        _check_target(r, a, n, rate_metric)
+    prep = prep if prep is not None else prepare_gptq_ec(sigma, config)
+    if prep.n != n:
+        raise WfvizError("The prepared GPTQ factor is for another Σ; prepare it again.")
+    Wd = W.masked_fill(prep.dead[None, :].to(W.device), 0.0) if prep.dead.any() else W
+    if prep.perm is not None:
+        Wd = Wd[:, prep.perm.to(W.device)]
+    starts = _start_us(Wd, [float(r) - SCALE_BITS / (a * n) for r in rates], rate_metric)
+    return _Problem(W, Wd, prep, RateCurveSearch(rates, config.rate_tol, 0.0, starts=starts))
+
+
+def quantize_gptq_ec_many(problems, rates, config: GPTQECConfig = GPTQECConfig(), *,
+                          rate_metric: str = "column_entropy", progress: ProgressFn | None = None,
+                          cancel: CancelFn | None = None) -> list[list[MethodOutput]]:
+    """Entropy-coded GPTQ of several independent problems at the same targets, in one loop.
+
+    Each round runs every unfinished problem's candidates in one batched SIC pass
+    (:func:`~wfviz.quantizers.gptq.sic_pass` with a batch axis), padded to the same number
+    of candidates; the padding is not measured. Below n ≈ 2048 the column loop is bound by
+    per-operation overhead, so the three rotations of a sweep cost little more than one.
+
+    Parameters
+    ----------
+    problems : sequence of (W, sigma, prepared)
+        Weights and Σ_X of equal shapes, each in its own basis, with
+        :func:`prepare_gptq_ec` of that Σ or None.
+    rates, config, rate_metric, progress, cancel
+        As in :func:`quantize_gptq_ec_rates`.
+
+    Returns
+    -------
+    list of list of MethodOutput
+        ``[problem][target]``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> W = torch.randn(256, 8, generator=g)
+    >>> outs = quantize_gptq_ec_many([(W, torch.eye(8), None), (W, 4 * torch.eye(8), None)], [3])
+    >>> [abs(o[0].rate - 3) <= 0.01 for o in outs]
+    [True, True]
+    """
     rates = list(rates)
     if not rates:
         raise WfvizError("Give at least one target rate.")
-    for r in rates:
-        _check_target(r, a, n, rate_metric)
-    prep = prepared if prepared is not None else prepare_gptq_ec(sigma, config)
-    if prep.n != n:
-        raise WfvizError("The prepared GPTQ factor is for another Σ; prepare it again.")
-    Wd = W.masked_fill(prep.dead[None, :].to(W.device), 0.0)
-    if prep.perm is not None:
-        Wd = Wd[:, prep.perm.to(W.device)]
-    F = prep.F.to(W.device)
-    side = SCALE_BITS
-    search = RateCurveSearch(rates, config.rate_tol, _start_u(Wd, float(rates[0]) - side / (a * n)))
+    probs = [_problem(W, S, prep, rates, config, rate_metric) for W, S, prep in problems]
+    if len({p.W.shape for p in probs}) != 1:
+        raise WfvizError("The problems of one batched GPTQ-EC run must have W of one shape.")
+    a = probs[0].W.shape[0]
+    factors = {}  # dtype → the stacked F of all problems, converted once
     for k in range(config.max_search_rounds):
-        todo = search.pending()
-        if not todo:
+        todo = {i: p.search.pending() for i, p in enumerate(probs)}
+        active = [i for i, t in todo.items() if t]
+        if not active:
             break
-        steps = [_stored_step(u) for u in todo]
-        dtype = _loop_dtype(Wd, prep, min(steps), config)
-        if F.dtype != dtype:
-            F = F.to(dtype)
-        stacked = Wd.to(dtype).repeat(len(todo), 1)
-        row_step = torch.tensor(steps, dtype=dtype, device=W.device).repeat_interleave(a)
-        codes, _ = sic_pass(stacked, F, row_step, block_size=int(config.block_size),
-                            cancel=cancel)
-        for i, u in enumerate(todo):
-            c = unpermute_columns(codes[i * a:(i + 1) * a], prep.perm)
-            measured, column_rates = measure_codes(c, rate_metric, side, None)
-            search.add(u, float(measured), (c, column_rates, str(dtype).removeprefix("torch.")))
+        width = max(len(todo[i]) for i in active)
+        steps = {i: [_stored_step(u) for u in todo[i]] for i in active}
+        dtype = max((_loop_dtype(probs[i].Wd, probs[i].prep, min(steps[i]), config)
+                     for i in active), key=lambda d: torch.finfo(d).bits)
+        if dtype not in factors:
+            factors[dtype] = torch.stack([p.prep.F.to(p.W.device, dtype) for p in probs])
+        F = factors[dtype] if len(active) == len(probs) else factors[dtype][active]
+        stacked = torch.stack([probs[i].Wd_t.to(dtype).repeat(1, width) for i in active])
+        row_step = torch.tensor([(steps[i] + steps[i][-1:] * width)[:width] for i in active],
+                                dtype=dtype, device=stacked.device).repeat_interleave(a, dim=1)
+        codes_t, _ = sic_pass_transposed(stacked, F, row_step,
+                                         block_size=int(config.block_size), cancel=cancel)
+        del stacked
+        for c_t, i in zip(codes_t, active, strict=True):
+            p = probs[i]
+            # one transposing conversion per problem; each candidate is then a row block
+            c_p = c_t.T.to(torch.int64, memory_format=torch.contiguous_format)
+            for j, u in enumerate(todo[i]):
+                c = unpermute_columns(c_p[j * a:(j + 1) * a], p.prep.perm)
+                measured, column_rates = measure_codes(c, rate_metric, SCALE_BITS, None)
+                p.search.add(u, float(measured), (c, column_rates,
+                                                  str(dtype).removeprefix("torch.")))
         if progress is not None:
-            left = sum(not search.done(i) for i in range(len(rates)))
+            left = sum(not p.search.done(j) for p in probs for j in range(len(rates)))
             progress((k + 1) / config.max_search_rounds,
                      f"GPTQ-EC step search round {k + 1}: {left} rate(s) still searching")
-    return [_output(W, search, i, rate_metric, side, prep) for i in range(len(rates))]
+    return [[_output(p.W, p.search, j, rate_metric, SCALE_BITS, p.prep)
+             for j in range(len(rates))] for p in probs]
 
 
 def _output(W, search: RateCurveSearch, i: int, rate_metric, side, prep) -> MethodOutput:
