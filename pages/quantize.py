@@ -94,7 +94,8 @@ def _run(settings: dict) -> None:
     # sweep has finished by then is in this session-state entry, which the rerun shows.
     st.session_state[PARTIAL_KEY] = dict(source=cov_key(cov), settings=settings,
                                          rows=finished, columns=columns, cancelled=True)
-    st.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
+    cancel_slot = st.empty()  # the button goes once the run ends
+    cancel_slot.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
         {CANCEL_KEY: True}))
     with st.status("Quantizing…", expanded=True) as status:
         queue_note = st.empty()
@@ -140,6 +141,7 @@ def _run(settings: dict) -> None:
                           "the previous results are kept.", state="error")
             return
         except (WfvizError, MemoryError) as exc:
+            cancel_slot.empty()
             st.session_state.pop(PARTIAL_KEY, None)  # a failed run is not a cancelled one
             status.update(label="Stopped", state="error")
             show_error(exc)
@@ -148,6 +150,7 @@ def _run(settings: dict) -> None:
             st.warning(note)
         status.update(label=f"Done: {len(rows)} points in {seconds:.1f} s", state="complete",
                       expanded=False)
+    cancel_slot.empty()
     st.session_state.pop(PARTIAL_KEY, None)
     st.session_state[RESULTS_KEY] = dict(source=cov_key(cov), settings=settings, rows=rows,
                                          columns=columns)

@@ -222,6 +222,8 @@ def test_quantize_run_button_produces_results(app_page, app_url, shot_dir):
     main = app_page.locator("[data-testid='stMain']")
     main.get_by_role("button", name=re.compile(r"\brun\b", re.IGNORECASE)).first.click()
     _wait_changed(app_page, _main_text, before, seconds=240)
+    # the status reports the finished sweep and its time; then the results are drawn
+    app_page.get_by_text(re.compile(r"Done: \d+ points in [\d.]+ s")).wait_for(timeout=240_000)
     _wait_changed(app_page, _plots, plots, seconds=240)
     app_page.locator(PLOT).first.wait_for()
     _assert_no_exception(app_page)

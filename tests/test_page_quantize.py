@@ -201,3 +201,20 @@ def test_a_failed_run_is_not_shown_as_a_cancelled_one():
     assert "q_partial" not in at.session_state
     assert "q_results" not in at.session_state or not at.session_state["q_results"]
     assert not any("cancelled" in w.value for w in at.warning)
+
+
+def _elements(node, kind):
+    for child in getattr(node, "children", {}).values():
+        if type(child).__name__ == kind:
+            yield child
+        yield from _elements(child, kind)
+
+
+def test_a_finished_run_reports_its_time_and_drops_its_cancel_button():
+    import re
+
+    at = _run(start(src=SMALL, page=PAGE), q_rows=128, q_rate_lo=3.0, q_rate_hi=3.0,
+              q_points=1)
+    (status,) = _elements(at.main, "Status")
+    assert re.fullmatch(r"Done: 6 points in \d+\.\d s", status.label), status.label
+    assert not [b for b in at.button if b.key == "q_cancel"]

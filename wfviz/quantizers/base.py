@@ -11,7 +11,7 @@ import torch
 
 from ..errors import WfvizError
 
-POTRF_MIN_N = 2048
+POTRF_MIN_N = 3072
 """From this size on, CPU Cholesky factorizations call LAPACK directly (see :func:`cholesky_ex`)."""
 
 _POTRF = {torch.float32: scipy.linalg.lapack.spotrf, torch.float64: scipy.linalg.lapack.dpotrf}
@@ -65,14 +65,14 @@ MAX_RELATIVE_DAMPING = 0.1
 def cholesky_ex(A: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Lower Cholesky factor of a symmetric ``A`` (not modified) and LAPACK's ``info``.
 
-    From n = 2048 on the CPU this calls LAPACK's ``potrf`` through SciPy on the row-major
+    From n = 3072 on the CPU this calls LAPACK's ``potrf`` through SciPy on the row-major
     buffer read as column-major (the same matrix, ``A`` being symmetric) and keeps the garbage
     triangle until one in-place ``tril_``: ``torch.linalg.cholesky_ex`` copies to column-major
     and back (0.14 s against 0.30 s at n = 4096 in float32 on this project's 2-core machine).
-    Smaller matrices use torch: right after torch's own threaded work, SciPy's BLAS threads
-    compete with torch's still-spinning ones and lose ~80 ms, more than potrf saves there
-    (at n = 1536 potrf took 0.10 s after a torch product against torch's 0.044 s). Other
-    devices use torch. ``info > 0`` means not positive definite.
+    Smaller matrices use torch: interleaved with torch's own threaded work, SciPy's BLAS
+    threads and torch's compete, and the pair loses more than potrf saves (float64 right after
+    a torch product: n = 2048, 0.13 s against torch's 0.084 s; n = 3072, 0.18 s against
+    0.22 s). Other devices use torch. ``info > 0`` means not positive definite.
 
     Examples
     --------
