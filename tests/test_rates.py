@@ -135,3 +135,17 @@ def test_step_model_predicts_the_plugin_entropy_of_rounded_gaussian_columns(h):
             assert measured == pytest.approx(h, abs=tol)
         else:  # the exact-entropy model asks for a coarser step: 256 codes read it low
             assert measured < h + 0.005
+
+
+@pytest.mark.parametrize("h", [1.0, 3.0, 6.0])
+def test_pooled_step_model_predicts_one_histogram_over_columns_of_mixed_scales(h):
+    from wfviz.rates import log2_step_for_entropy, pooled_entropy_bits
+
+    rng = np.random.default_rng(1)
+    log2_sigma = rng.uniform(-2.0, 2.0, 300)
+    X = rng.standard_normal((2000, 300)) * 2.0**log2_sigma
+    u = log2_step_for_entropy(log2_sigma, [h], pooled=True)[0]
+    measured = pooled_entropy_bits(np.rint(X / 2.0**u).astype(np.int64))
+    assert measured == pytest.approx(h, abs=0.02)
+    per_column = log2_step_for_entropy(log2_sigma, [h])[0]
+    assert u > per_column + 0.05  # the mixture of scales costs more than the columns' mean

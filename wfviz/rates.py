@@ -300,15 +300,19 @@ def _plugin_bias_table(rows: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, plugin_entropy_bias(grid, rows)
 
 
-def log2_step_for_entropy(log2_sigma, entropies, rows: int | None = None) -> list[float]:
+def log2_step_for_entropy(log2_sigma, entropies, rows: int | None = None, *,
+                          pooled: bool = False) -> list[float]:
     """``log2 c`` at which columns ``N(0, σ_i²)`` rounded with step ``c`` average ``h`` bits.
 
     A model for the first guesses of a step search: each column costs
     :func:`rounded_gaussian_entropy` of ``σ_i / c`` (which goes to 0 below the water instead
     of negative, as the high-resolution formula would); with ``rows``, minus the plug-in
     shortfall of an empirical histogram of ``rows`` codes (:func:`plugin_entropy_bias`), which
-    is what the ``column_entropy`` metric measures (0.14 bit at 5 bits with 256 rows). Solved
-    by bisection for every target entropy.
+    is what the ``column_entropy`` metric measures (0.14 bit at 5 bits with 256 rows). With
+    ``pooled``, the codes of all columns share one histogram (``pooled_entropy``): a mixture,
+    whose entropy exceeds the columns' mean by their spread of scales; that is modelled
+    exactly up to ``σ/c = 256`` (about 10 bits) and left to the search above. Solved by
+    bisection for every target entropy.
 
     Parameters
     ----------
@@ -318,6 +322,8 @@ def log2_step_for_entropy(log2_sigma, entropies, rows: int | None = None) -> lis
         Target mean entropies per column (bits).
     rows : int, optional
         Codes per column histogram, to model the plug-in estimate.
+    pooled : bool
+        Model one histogram over all columns instead (``rows`` is then ignored).
 
     Returns
     -------
@@ -329,6 +335,9 @@ def log2_step_for_entropy(log2_sigma, entropies, rows: int | None = None) -> lis
     >>> round(u, 2)
     -1.95
     >>> log2_step_for_entropy([0.0], [4.0], rows=256)[0] < u   # read low: a finer step
+    True
+    >>> log2_step_for_entropy([-2.0, 2.0], [3.0], pooled=True)[0] > log2_step_for_entropy(
+    ...     [-2.0, 2.0], [3.0])[0]   # a mixture costs more than its columns: a coarser step
     True
     """
     log2_sigma = np.asarray(log2_sigma, dtype=np.float64)
@@ -342,4 +351,40 @@ def log2_step_for_entropy(log2_sigma, entropies, rows: int | None = None) -> lis
             H = H - np.interp(H, grid, bias)
         too_many = H.mean(1, keepdims=True) > h
         lo, hi = np.where(too_many, mid, lo), np.where(too_many, hi, mid)
-    return (0.5 * (lo + hi))[:, 0].tolist()
+    steps = (0.5 * (lo + hi))[:, 0].tolist()
+    if not pooled:
+        return steps
+    return [_pooled_log2_step(log2_sigma, float(t), u) for t, u in zip(h[:, 0], steps,
+                                                                       strict=True)]
+
+
+_POOLED_MAX_RATIO = 256.0
+_POOLED_COMPONENTS = 32
+
+
+def _pooled_entropy(log2_ratio: np.ndarray) -> float:
+    """Entropy of ``round(Y)``, Y an equal mixture of ``N(0, r_q²)``, ``r = 2^log2_ratio``."""
+    from scipy.special import ndtr
+
+    r = 2.0 ** log2_ratio
+    half = int(np.ceil(8.0 * r.max())) + 1
+    k = np.arange(-half, half + 1)
+    p = (ndtr((k + 0.5) / r[:, None]) - ndtr((k - 0.5) / r[:, None])).mean(0)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def _pooled_log2_step(log2_sigma: np.ndarray, h: float, u_columns: float) -> float:
+    """Refine the per-column model's ``log2 c`` for one pooled histogram (see caller).
+
+    The mixture's entropy is at least the columns' mean, so the step is at least
+    ``u_columns``; ``_POOLED_COMPONENTS`` quantiles of ``log σ`` stand for the columns.
+    """
+    q = np.quantile(log2_sigma, (np.arange(_POOLED_COMPONENTS) + 0.5) / _POOLED_COMPONENTS)
+    lo, hi = u_columns, u_columns + 2.0
+    if 2.0 ** (q.max() - lo) > _POOLED_MAX_RATIO or _pooled_entropy(q - hi) > h:
+        return u_columns
+    for _ in range(25):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _pooled_entropy(q - mid) > h else (lo, mid)
+    return 0.5 * (lo + hi)

@@ -137,7 +137,8 @@ def _start_us(Wd: torch.Tensor, entropies, rate_metric: str) -> list[float]:
     if not (s > 0).any():
         raise WfvizError("W is zero in every column; there is nothing to quantize.")
     rows = Wd.shape[0] if rate_metric == "column_entropy" else None
-    return log2_step_for_entropy(0.5 * np.log2(np.maximum(s, 1e-300)), entropies, rows)
+    return log2_step_for_entropy(0.5 * np.log2(np.maximum(s, 1e-300)), entropies, rows,
+                                 pooled=rate_metric == "pooled_entropy")
 
 
 def _check_target(rate, a: int, n: int, rate_metric: str) -> None:

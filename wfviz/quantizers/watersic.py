@@ -635,7 +635,8 @@ def _start_log2_steps(W_live: torch.Tensor, prep: WaterSICPrepared, entropies,
 
     Model: column i's residual target is Gaussian with ``σ_i = √(s_i)·L_ii`` (the high-rate
     picture), rounded with step ``c``, read as :func:`~wfviz.rates.log2_step_for_entropy`
-    models it (the plug-in shortfall of ``a`` codes included for ``column_entropy``). It
+    models it (the plug-in shortfall of ``a`` codes for ``column_entropy``, one histogram
+    for ``pooled_entropy``). It
     lands within a few hundredths of a bit at low rate, where the plain high-resolution
     formula ``log2 c = mean_i ½ log2(2πe s_i L_ii²) − h`` was off by half a bit, so a stacked
     search of six rates usually ends in two rounds.
@@ -646,7 +647,8 @@ def _start_log2_steps(W_live: torch.Tensor, prep: WaterSICPrepared, entropies,
     log2_sigma = 0.5 * np.log2(np.maximum((s * torch.diagonal(prep.L) ** 2).cpu().numpy(),
                                           1e-300))
     rows = W_live.shape[0] if rate_metric == "column_entropy" else None
-    return log2_step_for_entropy(log2_sigma, entropies, rows)
+    return log2_step_for_entropy(log2_sigma, entropies, rows,
+                                 pooled=rate_metric == "pooled_entropy")
 
 
 def _fp16_grid(x: torch.Tensor) -> torch.Tensor:
