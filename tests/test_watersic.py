@@ -332,3 +332,10 @@ def test_feedback_gain_is_the_largest_scaled_column_norm_below_the_diagonal():
     L = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [4.0, 3.0, 4.0]], dtype=F64)
     # column 0: (1/1, 4/4) → √2; column 1: (3/4) → 0.75
     assert _feedback_gain(L, rows=2) == pytest.approx(math.sqrt(2.0))
+
+
+def test_gram_from_its_upper_blocks_is_the_product():
+    from wfviz.quantizers.watersic import _gram
+
+    X = _weights(37, 29, seed=9)
+    torch.testing.assert_close(_gram(X, block=8), X.T @ X, rtol=1e-12, atol=1e-12)
