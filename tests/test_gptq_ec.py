@@ -131,3 +131,10 @@ def test_start_guesses_model_the_low_rate_bend_and_the_plugin_shortfall():
     for out in outs:
         first = out.info["search"][:3]
         assert min(abs(r - out.info["target_rate"]) for _, r in first) < 0.02
+
+
+def test_no_problems_give_no_outputs():
+    from wfviz.quantizers.gptq_ec import quantize_gptq_ec_many
+    from wfviz.quantizers.watersic import quantize_watersic_many
+
+    assert quantize_gptq_ec_many([], [2.0]) == [] and quantize_watersic_many([], [2.0]) == []

@@ -246,9 +246,9 @@ def quantize_gptq_ec_many(problems, rates, config: GPTQECConfig = GPTQECConfig()
     if not rates:
         raise WfvizError("Give at least one target rate.")
     probs = [_problem(W, S, prep, rates, config, rate_metric) for W, S, prep in problems]
-    if len({p.W.shape for p in probs}) != 1:
+    if len({p.W.shape for p in probs}) > 1:
         raise WfvizError("The problems of one batched GPTQ-EC run must have W of one shape.")
-    a = probs[0].W.shape[0]
+    a = probs[0].W.shape[0] if probs else 0
     factors = {}  # dtype → the stacked F of all problems, converted once
     for k in range(config.max_search_rounds):
         todo = {i: p.search.pending() for i, p in enumerate(probs)}
