@@ -271,10 +271,11 @@ def quantize_gptq_ec_many(problems, rates, config: GPTQECConfig = GPTQECConfig()
         del stacked
         for c_t, i in zip(codes_t, active, strict=True):
             p = probs[i]
-            # one transposing conversion per problem; each candidate is then a row block
+            # one transposing conversion per problem; each candidate is then a row block,
+            # copied so that a kept result does not hold the whole pass's buffer
             c_p = c_t.T.to(torch.int64, memory_format=torch.contiguous_format)
             for j, u in enumerate(todo[i]):
-                c = unpermute_columns(c_p[j * a:(j + 1) * a], p.prep.perm)
+                c = unpermute_columns(c_p[j * a:(j + 1) * a].clone(), p.prep.perm)
                 measured, column_rates = measure_codes(c, rate_metric, SCALE_BITS, None)
                 p.search.add(u, float(measured), (c, column_rates,
                                                   str(dtype).removeprefix("torch.")))

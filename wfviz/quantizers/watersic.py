@@ -423,12 +423,13 @@ def _stacked_passes(jobs, L, ls_gain, dtype, block_size, cancel) -> list[list[Pa
 def _pass_results(W, prep, steps, Zt, gamma_live, dtype) -> list[PassResult]:
     a, n = W.shape
     inv_diag = 1.0 / torch.diagonal(prep.L)
-    # one transposing conversion for all steps; each step's codes are then a row block
+    # one transposing conversion for all steps; each step's codes are then a row block, copied
+    # so that a kept result does not hold the whole pass's buffer
     Z = Zt.T.to(torch.int64, memory_format=torch.contiguous_format)
     everything_live = prep.live.numel() == n
     out = []
     for b, c in enumerate(steps):
-        codes = Z[b * a:(b + 1) * a]
+        codes = Z[b * a:(b + 1) * a].clone()
         if not everything_live:
             codes = torch.zeros((a, n), dtype=torch.int64, device=W.device).index_copy_(
                 1, prep.live, codes)
