@@ -343,6 +343,7 @@ def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, var
                     b.ec_prep = None  # before the next method allocates its own factors
             for b, points in zip(prepared, per_basis, strict=True):
                 _add_rows(table, keep, m, b, points, lam, variance, notice)
+            del per_basis  # its outputs hold Ŵ and the codes of every point
             done += len(prepared)
             if progress is not None:
                 progress(done / total, f"{m} on {', '.join(b.label for b in prepared)} done")

@@ -754,10 +754,12 @@ def _search_round(jobs, config, rate_metric, factors, cancel) -> int:
         dtype = max((_pass_dtype(jobs[i].W_live, jobs[i].prep, min(steps[i]), config.precision,
                                  config.fp32_noise_limit) for i in members),
                     key=lambda d: torch.finfo(d).bits)
-        for i in members:  # each job's factor is converted once per dtype
-            factors.setdefault((i, dtype), jobs[i].prep.L_as(dtype))
-        L = torch.stack([factors[(i, dtype)] for i in members]) if len(members) > 1 \
-            else factors[(members[0], dtype)][None]
+        key = (tuple(members), dtype)
+        if key not in factors:  # the group's factors, stacked and converted once
+            if len(groups) == 1:
+                factors.clear()  # a smaller group of unfinished jobs replaces the last stack
+            factors[key] = _stacked_factors([jobs[i].prep for i in members], dtype)
+        L = factors[key]
         results = _stacked_passes([(jobs[i].W, jobs[i].prep, steps[i]) for i in members], L,
                                   config.ls_gain, dtype, config.block_size, cancel)
         for i, passes in zip(members, results, strict=True):
@@ -767,6 +769,18 @@ def _search_round(jobs, config, rate_metric, factors, cancel) -> int:
                                                       side_info_bits=jobs[i].side_bits)
                 jobs[i].search.add(u, measured, (res, column_rates))
     return sum(len(t) for t in todo.values())
+
+
+def _stacked_factors(preps, dtype) -> torch.Tensor:
+    """The live factors in ``dtype``, ``P × m × m``: a view for one, else one buffer filled by
+    converting copies (no per-problem casts on the side)."""
+    if len(preps) == 1:
+        return preps[0].L_as(dtype)[None]
+    m = preps[0].L.shape[0]
+    L = torch.empty((len(preps), m, m), dtype=dtype, device=preps[0].L.device)
+    for k, prep in enumerate(preps):
+        L[k].copy_(prep.L)
+    return L
 
 
 def _search_steps(jobs, config, rate_metric, progress, cancel) -> None:
