@@ -234,6 +234,11 @@ def _demo_runs(browser, url: str) -> list[tuple[float, float]]:
         elapsed = time.perf_counter() - start
         sweep_s = float(done.inner_text().split(" in ")[1].rstrip(" s"))
         times.append((elapsed, sweep_s))
+        # let chromium finish drawing every chart before the next run (same 2 cores)
+        page.wait_for_function("() => { const p = document.querySelectorAll('.js-plotly-plot');"
+                               " return p.length > 0 && [...p].every(e => e.querySelector("
+                               "'.main-svg')); }")
+        page.wait_for_timeout(2000)
     context.close()
     return times
 
