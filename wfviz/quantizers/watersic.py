@@ -524,8 +524,8 @@ class _RescalerProblem:
 
 
 def _gram(X: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """``XᵀX`` from its upper block triangle (the lower one is its transpose): about 5/8 of the
-    flops of one product, 25 % faster at a = n = 2048."""
+    """``XᵀX`` from its upper block triangle (the lower one is its transpose): a little over
+    half the flops of one product, 25 % faster at a = n = 2048."""
     n = X.shape[1]
     G = X.new_empty((n, n))
     for i in range(0, n, block):
@@ -648,11 +648,10 @@ def _start_log2_steps(W_live: torch.Tensor, prep: WaterSICPrepared, entropies,
 
     Model: column i's residual target is Gaussian with ``σ_i = √(s_i)·L_ii`` (the high-rate
     picture), rounded with step ``c``, read as :func:`~wfviz.rates.log2_step_for_entropy`
-    models it (the plug-in shortfall of ``a`` codes for ``column_entropy``, one histogram
-    for ``pooled_entropy``). It
-    lands within a few hundredths of a bit at low rate, where the plain high-resolution
-    formula ``log2 c = mean_i ½ log2(2πe s_i L_ii²) − h`` was off by half a bit, so a stacked
-    search of six rates usually ends in two rounds.
+    models it (the plug-in shortfall of ``a`` codes for ``column_entropy``, one histogram for
+    ``pooled_entropy``). It lands within a few hundredths of a bit at low rate, where the plain
+    high-resolution formula ``log2 c = mean_i ½ log2(2πe s_i L_ii²) − h`` was off by half a
+    bit, so a stacked search of six rates usually ends in two rounds.
     """
     s = (W_live.to(torch.float64) ** 2).mean(0)
     if not bool((s > 0).any()):
