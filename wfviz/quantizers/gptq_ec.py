@@ -34,7 +34,7 @@ import torch
 
 from ..errors import WfvizError
 from ..rates import log2_step_for_entropy
-from .base import CancelFn, MethodOutput, ProgressFn
+from .base import CancelFn, MethodOutput, ProgressFn, stack_converted, widest_dtype
 from .gptq import (
     SCALE_BITS,
     GPTQPrepared,
@@ -45,7 +45,7 @@ from .gptq import (
     sic_pass_transposed,
     unpermute_columns,
 )
-from .search import RateCurveSearch
+from .search import RateCurveSearch, padded
 
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
@@ -211,17 +211,6 @@ def _problem(W, sigma, prep, rates, config, rate_metric) -> _Problem:
     return _Problem(W, Wd, prep, RateCurveSearch(rates, config.rate_tol, 0.0, starts=starts))
 
 
-def _stacked_factors(preps, dtype, device) -> torch.Tensor:
-    """The feedback matrices in ``dtype``, ``P × n × n``: for one problem a view (no n×n copy:
-    1.6 GB at n = 14336), else one buffer filled by converting copies."""
-    if len(preps) == 1:
-        return preps[0].F.to(device, dtype)[None]
-    F = torch.empty((len(preps), preps[0].n, preps[0].n), dtype=dtype, device=device)
-    for k, prep in enumerate(preps):
-        F[k].copy_(prep.F)
-    return F
-
-
 def quantize_gptq_ec_many(problems, rates, config: GPTQECConfig = GPTQECConfig(), *,
                           rate_metric: str = "column_entropy", progress: ProgressFn | None = None,
                           cancel: CancelFn | None = None) -> list[list[MethodOutput]]:
@@ -268,13 +257,13 @@ def quantize_gptq_ec_many(problems, rates, config: GPTQECConfig = GPTQECConfig()
             break
         width = max(len(todo[i]) for i in active)
         steps = {i: [_stored_step(u) for u in todo[i]] for i in active}
-        dtype = max((_loop_dtype(probs[i].Wd, probs[i].prep, min(steps[i]), config)
-                     for i in active), key=lambda d: torch.finfo(d).bits)
+        dtype = widest_dtype(_loop_dtype(probs[i].Wd, probs[i].prep, min(steps[i]), config)
+                             for i in active)
         if dtype not in factors:
-            factors[dtype] = _stacked_factors([p.prep for p in probs], dtype, probs[0].W.device)
+            factors[dtype] = stack_converted([p.prep.F for p in probs], dtype, probs[0].W.device)
         F = factors[dtype] if len(active) == len(probs) else factors[dtype][active]
         stacked = torch.stack([probs[i].Wd_t.to(dtype).repeat(1, width) for i in active])
-        row_step = torch.tensor([(steps[i] + steps[i][-1:] * width)[:width] for i in active],
+        row_step = torch.tensor([padded(steps[i], width) for i in active],
                                 dtype=dtype, device=stacked.device).repeat_interleave(a, dim=1)
         codes_t, _ = sic_pass_transposed(stacked, F, row_step,
                                          block_size=int(config.block_size), cancel=cancel)

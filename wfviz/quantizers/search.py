@@ -113,3 +113,17 @@ class RateCurveSearch:
             return 1.0
         slope = (near[0][1] - near[1][1]) / (near[1][0] - near[0][0])
         return min(max(slope, 0.3), 1.5)
+
+
+def padded(candidates: list[float], width: int) -> list[float]:
+    """``candidates`` with its last entry repeated up to ``width`` entries.
+
+    Problems that share one batched loop must stack the same number of copies; the padding
+    copies are run but not measured.
+
+    Examples
+    --------
+    >>> padded([1.0, 2.0], 4)
+    [1.0, 2.0, 2.0, 2.0]
+    """
+    return (candidates + candidates[-1:] * width)[:width]

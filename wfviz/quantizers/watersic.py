@@ -68,9 +68,17 @@ import torch
 
 from ..errors import WfvizError, all_finite
 from ..rates import RATE_METRICS, log2_step_for_entropy, measure_rate
-from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
+from .base import (
+    CancelFn,
+    Cancelled,
+    MethodOutput,
+    ProgressFn,
+    damped_cholesky,
+    stack_converted,
+    widest_dtype,
+)
 from .gptq import SUB_BLOCK
-from .search import RateCurveSearch
+from .search import RateCurveSearch, padded
 
 SIDE_INFO_BITS = 16.0
 """Bits charged for every stored scale and every dead-column index (one fp16 each)."""
@@ -749,15 +757,16 @@ def _search_round(jobs, config, rate_metric, factors, cancel) -> int:
         groups.setdefault(key, []).append(i)
     for members in groups.values():
         width = max(len(todo[i]) for i in members)
-        steps = {i: [2.0**u for u in (todo[i] + todo[i][-1:] * width)[:width]] for i in members}
-        dtype = max((_pass_dtype(jobs[i].W_live, jobs[i].prep, min(steps[i]), config.precision,
-                                 config.fp32_noise_limit) for i in members),
-                    key=lambda d: torch.finfo(d).bits)
+        steps = {i: [2.0**u for u in padded(todo[i], width)] for i in members}
+        dtype = widest_dtype(_pass_dtype(jobs[i].W_live, jobs[i].prep, min(steps[i]),
+                                         config.precision, config.fp32_noise_limit)
+                             for i in members)
         key = (tuple(members), dtype)
         if key not in factors:  # the group's factors, stacked and converted once
             if len(groups) == 1:
                 factors.clear()  # a smaller group of unfinished jobs replaces the last stack
-            factors[key] = _stacked_factors([jobs[i].prep for i in members], dtype)
+            factors[key] = stack_converted([jobs[i].prep.L for i in members], dtype,
+                                           jobs[members[0]].prep.L.device)
         L = factors[key]
         results = _stacked_passes([(jobs[i].W, jobs[i].prep, steps[i]) for i in members], L,
                                   config.ls_gain, dtype, config.block_size, cancel)
@@ -768,18 +777,6 @@ def _search_round(jobs, config, rate_metric, factors, cancel) -> int:
                                                       side_info_bits=jobs[i].side_bits)
                 jobs[i].search.add(u, measured, (res, column_rates))
     return sum(len(t) for t in todo.values())
-
-
-def _stacked_factors(preps, dtype) -> torch.Tensor:
-    """The live factors in ``dtype``, ``P × m × m``: a view for one, else one buffer filled by
-    converting copies (no per-problem casts on the side)."""
-    if len(preps) == 1:
-        return preps[0].L_as(dtype)[None]
-    m = preps[0].L.shape[0]
-    L = torch.empty((len(preps), m, m), dtype=dtype, device=preps[0].L.device)
-    for k, prep in enumerate(preps):
-        L[k].copy_(prep.L)
-    return L
 
 
 def _search_steps(jobs, config, rate_metric, progress, cancel) -> None:
