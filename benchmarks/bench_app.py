@@ -44,14 +44,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pages._figures import (  # noqa: E402
+from pages._ui import RATE_AXIS  # noqa: E402
+from wfviz.plots import (  # noqa: E402
     cholesky_figure,
     column_rates_figure,
     dr_curve_figure,
     rates_figure,
     vessel_figure,
 )
-from pages._ui import RATE_AXIS  # noqa: E402
 from wfviz.theory import highrate_it_distortion  # noqa: E402
 from wfviz.waterfilling import distortion_rate_curve, reverse_waterfill  # noqa: E402
 

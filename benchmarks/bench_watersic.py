@@ -11,7 +11,7 @@ Sections (every ratio is measured in this one run):
 1. *Fixed-step pass* at a = n = 4096: one ``watersic_pass`` (float32, no search, no rescalers)
    against ``T_mm``, the time of ``W @ Σ`` plus ``Σ @ Σ`` in float32 (best of 3 each).
 2. *Quality* at a = n = ``--quality-n``: ours (rate search on pooled entropy, rescalers on, the
-   authors' side-information count) against ``benchmarks/reference_watersic.py`` (re-implemented
+   authors' side-information count) against ``tests/reference/watersic.py`` (re-implemented
    from the digest, not the authors' code) at target rates 2, 3, 4. The reference is run at the
    target and 0.1 bit above it; its ``log D`` is interpolated linearly at our measured rate.
 3. *Speed end to end* at a = n = 2048, rate 3: ours (search + rescalers, best of 3) against the
@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
-from reference_watersic import reference_watersic  # noqa: E402
+from reference.watersic import reference_watersic  # noqa: E402  (tests/ is on sys.path)
 
 from wfviz.quantizers.watersic import (  # noqa: E402
     WaterSICConfig,

@@ -1,8 +1,9 @@
 """Results section of the Quantize page: charts, the per-column view, tables and exports.
 
 ``show_results(cov, result)`` draws one finished sweep (``result`` as the page stores it:
-``dict(source=..., settings=..., rows=[...], columns={...})``, ``columns`` from
-``sweep(keep=...)``). It runs no quantizer itself.
+``dict(source=..., settings=..., rows=[...], columns={...})``: the row dicts of the sweep's
+points and their per-column data, ``iter_sweep(keep_columns=True)``). It runs no quantizer
+itself.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._quantize_figures import (
+from pages._ui import ROTATION_NAMES
+from wfviz.experiments import COLUMNS, gap_table, table_to_csv
+from wfviz.plots import (
     column_rate_figure,
     dr_figure,
     gap_figure,
     gptq_gaps,
 )
-from pages._ui import ROTATION_NAMES
-from wfviz.experiments import COLUMNS, table_to_csv
 from wfviz.rates import RATE_METRICS, plugin_entropy_bias, rate_axis_label
 from wfviz.theory import WATERSIC_GAP_BITS
 
@@ -40,25 +41,9 @@ def _bias(settings: dict) -> tuple[np.ndarray, np.ndarray, int] | None:
     return (rates, bias, settings["rows"]) if bias.max() > BIAS_SHOWN_BITS else None
 
 
-def _gap_table(rows: list[dict]) -> pd.DataFrame:
-    """Measured gap in bits: one row per method · rotation, one column per target rate."""
-    df = pd.DataFrame(rows)
-    methods = list(dict.fromkeys(df["method"]))
-    rotations = list(dict.fromkeys(df["rotation"]))
-    df = df.sort_values(["method", "rotation"], kind="stable", key=lambda c: c.map(
-        {m: k for k, m in enumerate(methods if c.name == "method" else rotations)}))
-    df["method · rotation"] = df["method"] + " · " + df["rotation"]
-    table = df.pivot_table(index="method · rotation", columns="target_rate", values="gap_bits",
-                           sort=False)
-    table.columns = [f"R = {r:g}" for r in table.columns]
-    pred = df.groupby("method · rotation", sort=False)["predicted_gap_bits"].first()
-    table["high-rate theory"] = pred
-    return table
-
-
 def _column_view_panel(result: dict) -> None:
     """WaterSIC's per-column entropies at the middle rate of the first rotation it finished,
-    from the sweep's own codes (``sweep(keep=...)``): no quantization runs here."""
+    from the sweep's own codes (``keep_columns``): no quantization runs here."""
     settings, kept = result["settings"], result.get("columns", {})
     done = [(rot, float(r)) for rot in settings["rotations"] for r in settings["rates"]
             if ("watersic", rot, float(r)) in kept]
@@ -111,10 +96,10 @@ def show_results(cov, result: dict) -> None:
         "rings for different rotations coincide. Entropy-coded GPTQ adds ½·log2(AM(d)/GM(d)) "
         "for the basis it runs in, which a random rotation shrinks. Below about 4 bits both "
         "gaps grow (error feedback of large errors).")
-    gap_table = _gap_table(rows)
-    st.dataframe(gap_table, key="q_gap_table",
+    gaps_by_rate = pd.DataFrame(gap_table(rows)).set_index("method · rotation")
+    st.dataframe(gaps_by_rate, key="q_gap_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in gap_table.columns})
+                                for c in gaps_by_rate.columns})
     st.caption("Measured gap to the IT limit in bits per weight at each target rate, and the "
                "high-rate prediction (GPTQ and RTN: the GPTQ-EC formula, as a reference).")
 

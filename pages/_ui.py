@@ -163,14 +163,10 @@ def d_for(cov: Covariance, rotation: str, *, seed: int = 0, order: str = "waters
     return _rotated_d(cov_key(cov), cov, rotation, seed, order)
 
 
-def rotation_availability(cov: Covariance) -> dict[str, str | None]:
-    """Rotation name → None when usable for ``cov``, else the reason it is not."""
-    reason = "needs the full Σ_X matrix; this source has only eigenvalues"
-    out = {}
-    for name in ROTATION_NAMES:
-        usable = cov.is_full or name in ("haar", "eigenbasis") or name in cov.d_by_rotation
-        out[name] = None if usable else reason
-    return out
+def rotation_availability(cov: Covariance, *, quantize: bool = False) -> dict[str, str | None]:
+    """Rotation name → None when usable for ``cov``, else the reason it is not
+    (:meth:`~wfviz.covariance.Covariance.unsupported_reason`)."""
+    return {name: cov.unsupported_reason(name, quantize=quantize) for name in ROTATION_NAMES}
 
 
 # --------------------------------------------------------------------------- spec ⇄ widgets

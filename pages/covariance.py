@@ -6,13 +6,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._figures import (
-    OUTLIER_RATIO,
-    diagonal_figure,
-    heatmap_figure,
-    spectrum_figure,
-    top_channels,
-)
 from pages._ui import (
     ROTATION_NAMES,
     current_covariance,
@@ -23,6 +16,13 @@ from pages._ui import (
     stats_for,
 )
 from wfviz.errors import WfvizError
+from wfviz.plots import (
+    OUTLIER_RATIO,
+    diagonal_figure,
+    heatmap_figure,
+    spectrum_figure,
+    top_channels,
+)
 
 ensure_frame("pages/covariance.py")
 st.title("Covariance Σ_X")
@@ -51,7 +51,8 @@ cols[1].metric("condition number", _fmt(stats["condition_number"]),
 cols[2].metric("effective rank", _fmt(stats["effective_rank"], 4),
                help="exp of the entropy of λ/Σλ: n for a flat spectrum, 1 for rank one.")
 cols[3].metric("dead features", _fmt(stats["dead_features"]),
-               help="Channels whose E[x_j²] is at most 1e-3 × the median.")
+               help="Channels whose E[x_j²] is 0 or below 1e-3 × the median: they are taken "
+                    "out before any rotation, and their weights are not coded.")
 cols[4].metric("AM/GM of λ", _fmt(stats["am_gm_eigenvalue"], 4),
                help="1 for a flat spectrum; the GPTQ-vs-WaterSIC gap in the eigenbasis is "
                     "½ log2 of it.")
@@ -63,14 +64,16 @@ st.markdown("GPTQ spends the same rate on every column; WaterSIC waterfills over
             "every basis.")
 st.latex(r"\Delta R = \tfrac12 \log_2 \frac{\mathrm{AM}(d)}{\mathrm{GM}(d)},\qquad "
          r"d_j = L_{jj}^2,\ \Sigma_X = L L^\top")
-gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g}
+why = {n.split("]", 1)[0].removeprefix("gap_bits["): n.split("]: ", 1)[-1]
+       for n in stats["notes"] if n.startswith("gap_bits[")}
+haar = stats.get("haar_gap")
+gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g,
+             "note": (f"mean ± {haar['std']:.3f} (sd) over {haar['seeds']} random rotations"
+                      if r == "haar" and haar else why.get(r, ""))}
             for r, g in stats["gap_bits"].items()]
 st.dataframe(pd.DataFrame(gap_rows), hide_index=True,
              column_config={"predicted gap (bits per weight)": st.column_config.NumberColumn(
                  format="%.3f")})
-missing = [n for n in stats["notes"] if n.startswith("gap_bits[")]
-if missing:
-    st.caption("n/a: the rotation needs the full Σ_X matrix, which this source does not have.")
 st.caption("GPTQ decides the columns first to last, so these gaps use the d it sees, "
            "d_j = Var(X_j | X_>j): the same product as WaterSIC's Var(X_j | X_<j), another AM "
            "(act-order, largest E[x_j²] first, is designed for that order).")

@@ -8,9 +8,9 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._figures import CODED, INK, WATER, style_figure, vessel_figure
 from pages._ui import ROTATION_NAMES, ensure_frame, installed_bundles, select_source
 from wfviz.bundles import LAYER_INPUT_NAMES, LLAMA3_HINT, load_bundle
+from wfviz.plots import CODED, INK, WATER, style_figure, vessel_figure
 from wfviz.rotations import get_rotation
 from wfviz.theory import SPACE_FILLING_LOSS, WATERSIC_GAP_BITS, cholesky_diag, gptq_gap_bits
 from wfviz.waterfilling import reverse_waterfill

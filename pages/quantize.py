@@ -1,6 +1,7 @@
 """Quantize page: WaterSIC against GPTQ under rotations, live, with the theory lines."""
 
 import time
+import warnings
 
 import numpy as np
 import streamlit as st
@@ -16,17 +17,15 @@ from pages._ui import (
     touch_session,
 )
 from wfviz.device import DEVICES, device_label
-from wfviz.errors import WfvizError
-from wfviz.experiments import sweep
+from wfviz.errors import Cancelled, ResourceError, WfvizError, WfvizWarning
+from wfviz.experiments import iter_sweep
 from wfviz.jobs import heavy_slot
 from wfviz.quantizers import METHODS
-from wfviz.quantizers.base import Cancelled
 from wfviz.rates import RATE_METRICS
 
 RESULTS_KEY = "q_results"
 CANCEL_KEY = "q_cancel_requested"
 PARTIAL_KEY = "q_partial"
-SPECTRUM_ONLY = ("haar", "eigenbasis")
 
 ensure_frame("pages/quantize.py")
 st.title("Quantize: WaterSIC vs GPTQ")
@@ -43,12 +42,12 @@ st.markdown(
 
 
 def _rotation_choices() -> list[str]:
-    if cov.is_full:
-        return list(ROTATION_NAMES)
-    st.info("This source has eigenvalues only, so W can be quantized only where the basis does "
-            "not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, Hadamard "
-            "and act-order depend on the native channels and need the full Σ_X.")
-    return list(SPECTRUM_ONLY)
+    usable = [r for r in ROTATION_NAMES if cov.supports(r)]
+    if len(usable) < len(ROTATION_NAMES):
+        st.info("This source has eigenvalues only, so W can be quantized only where the basis "
+                "does not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, "
+                "Hadamard and act-order depend on the native channels and need the full Σ_X.")
+    return usable
 
 
 def _controls() -> dict | None:
@@ -130,9 +129,16 @@ def _run(settings: dict) -> None:
                 else:
                     queue_note.empty()
                 started = time.perf_counter()
-                rows = sweep(cov, **settings, progress=progress, notice=notices.append,
-                             cancel=lambda: st.session_state.get(CANCEL_KEY, False),
-                             table=finished, keep=columns)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", WfvizWarning)
+                    for point in iter_sweep(
+                            cov, **settings, progress=progress, keep_columns=True,
+                            cancel=lambda: st.session_state.get(CANCEL_KEY, False)):
+                        finished.append(point.as_row())
+                        columns[(point.method, point.rotation, point.target_rate)] = \
+                            point.columns
+                notices += [str(w.message) for w in caught if w.category is WfvizWarning]
+                rows = finished
                 seconds = time.perf_counter() - started
         except Cancelled:
             _keep_partial()
@@ -140,7 +146,7 @@ def _run(settings: dict) -> None:
                           "finished." if finished else "Cancelled before any point finished; "
                           "the previous results are kept.", state="error")
             return
-        except (WfvizError, MemoryError) as exc:
+        except (WfvizError, ResourceError, MemoryError) as exc:
             cancel_slot.empty()
             st.session_state.pop(PARTIAL_KEY, None)  # a failed run is not a cancelled one
             status.update(label="Stopped", state="error")

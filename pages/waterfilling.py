@@ -4,14 +4,6 @@ Cholesky diagonal (WaterSIC) against GPTQ's equal rate per column."""
 import numpy as np
 import streamlit as st
 
-from pages._figures import (
-    MAX_BARS,
-    cholesky_figure,
-    column_rates_figure,
-    dr_curve_figure,
-    rates_figure,
-    vessel_figure,
-)
 from pages._ui import (
     RATE_AXIS,
     ROTATION_NAMES,
@@ -25,6 +17,14 @@ from pages._ui import (
 )
 from wfviz.covariance import Covariance
 from wfviz.errors import WfvizError
+from wfviz.plots import (
+    MAX_BARS,
+    cholesky_figure,
+    column_rates_figure,
+    dr_curve_figure,
+    rates_figure,
+    vessel_figure,
+)
 from wfviz.theory import WATERSIC_GAP_BITS, gptq_gap_bits
 from wfviz.waterfilling import reverse_waterfill
 

@@ -22,8 +22,12 @@ def test_json(capsys):
 
 def test_csv_and_text(capsys):
     assert main(BASE + ["--csv"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    header = [line for line in out if line.startswith("# ")]
+    lines = [line for line in out if not line.startswith("# ")]
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 9
+    assert {h.split(":")[0] for h in header} == {"# source", "# label", "# rows", "# seed",
+                                                  "# rate_metric"}
     assert main(BASE + ["--rate-metric", "pooled_entropy"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].split()[:3] == ["method", "rotation", "target_rate"] and len(text) == 9

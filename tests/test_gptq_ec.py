@@ -112,13 +112,15 @@ def test_batched_problems_give_each_problem_its_own_search():
             assert a.info["search"] == b.info["search"]
 
 
-def test_batched_problems_must_share_a_shape():
+def test_batched_problems_of_different_shapes_run_in_their_own_loops():
     from wfviz.quantizers.gptq_ec import quantize_gptq_ec_many
 
     W1, S1, _ = _problem(a=64, n=16)
     W2, S2, _ = _problem(a=32, n=16)
-    with pytest.raises(WfvizError, match="one shape"):
-        quantize_gptq_ec_many([(W1, S1, None), (W2, S2, None)], [2.0])
+    both = quantize_gptq_ec_many([(W1, S1, None), (W2, S2, None)], [2.0])
+    alone = quantize_gptq_ec(W2, S2, 2.0)
+    assert torch.equal(both[1][0].codes, alone.codes)
+    assert abs(both[0][0].rate - 2.0) <= 0.01
 
 
 def test_start_guesses_model_the_low_rate_bend_and_the_plugin_shortfall():
@@ -127,7 +129,7 @@ def test_start_guesses_model_the_low_rate_bend_and_the_plugin_shortfall():
     g = torch.Generator().manual_seed(4)
     W = torch.randn(256, 128, generator=g, dtype=torch.float64)
     outs = quantize_gptq_ec_rates(W, torch.eye(128, dtype=torch.float64), [1.0, 3.0, 5.0],
-                                  GPTQECConfig(max_search_rounds=12))
+                                  GPTQECConfig(max_search_passes=12))
     for out in outs:
         first = out.info["search"][:3]
         assert min(abs(r - out.info["target_rate"]) for _, r in first) < 0.02

@@ -79,7 +79,7 @@ def test_correlation_heatmap_and_legible_outlier_labels():
 
 
 def test_close_outlier_labels_go_on_both_sides():
-    from pages._figures import diagonal_figure
+    from wfviz.plots import diagonal_figure
 
     diag = np.ones(1536)
     diag[[402, 514, 541, 1254, 1300]] = [25.8, 19.8, 20.0, 54.4, 20.5]

@@ -52,7 +52,7 @@ def test_bundle_table_heatmap_and_claim(toy):
     assert z.shape == (4, 3)  # layer inputs × blocks
     assert any("Llama-3-8B" in m.value and "0.1 bit" in m.value for m in at.markdown)
     claim = at.dataframe[1].value
-    assert list(claim.index) == ["qkv", "o", "gate_up", "down"]
+    assert list(claim["input"]) == ["qkv", "o", "gate_up", "down"]
 
 
 def test_haar_predictions_are_added_on_request(toy):

@@ -11,7 +11,7 @@ from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixtur
     trace,
 )
 
-from wfviz.quantize import sigma_and_rotation_basis
+from wfviz.quantize_layer import sigma_and_rotation_basis
 from wfviz.rates import plugin_entropy_bias
 from wfviz.rotations import get_rotation
 from wfviz.sources import resolve_source

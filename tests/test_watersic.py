@@ -240,7 +240,7 @@ def test_precision_auto_switches_to_float64_at_high_rate():
 
 def test_unmeasurable_rate_is_refused():
     sigma = _powerlaw_sigma(16, seed=29)
-    with pytest.raises(WfvizError, match="log2"):
+    with pytest.raises(WfvizError, match="at most 6.00 bits"):
         quantize_watersic(_weights(64, 16, seed=30), sigma, 8.0)
 
 
@@ -269,12 +269,13 @@ def test_prepared_factor_is_reused_and_checked():
     ({"rate": -1.0}, "positive"),
     ({"rate": 0.01}, "side information"),
     ({"rate_metric": "log_cardinality"}, "unbounded"),
-    ({"W": np.ones((4, 4))}, "2-D torch.Tensor"),
+    ({"W": np.ones((4, 4))}, "torch.Tensor"),
     ({"W": torch.ones(4, 5)}, "match"),
     ({"W": torch.full((4, 4), float("nan"))}, "NaN"),
     ({"W": torch.ones(4, 4, dtype=torch.int64)}, "floating-point"),
     ({"W": torch.zeros(64, 4)}, "zero in every live column"),
-    ({"sigma": -torch.eye(4)}, "zero variance"),
+    ({"sigma": -torch.eye(4)}, "negative diagonal"),
+    ({"sigma": torch.zeros(4, 4)}, "zero variance"),
     ({"sigma": torch.tensor([[1.0, 2.0, 0, 0], [2.0, 1.0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])},
      "positive definite"),
 ])
@@ -335,7 +336,7 @@ def test_feedback_gain_is_the_largest_scaled_column_norm_below_the_diagonal():
 
 
 def test_gram_from_its_upper_blocks_is_the_product():
-    from wfviz.quantizers.watersic import _gram
+    from wfviz.quantizers.watersic_rescalers import _gram
 
     X = _weights(37, 29, seed=9)
     torch.testing.assert_close(_gram(X, block=8), X.T @ X, rtol=1e-12, atol=1e-12)

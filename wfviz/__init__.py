@@ -6,7 +6,7 @@ eigenvalues of Σ_X), the Cholesky-domain predictions for GPTQ and WaterSIC in a
 the quantizers themselves on numpy or torch arrays, CPU or GPU.
 
 Sources and IO
-    Covariance, synthetic, SYNTHETIC_FAMILIES, resolve_source, load_covariance,
+    Covariance, synthetic, SYNTHETIC_FAMILIES, parse_source, resolve_source, load_covariance,
     save_covariance, validate_covariance, list_bundles, load_bundle
 Theory
     reverse_waterfill, distortion_rate_curve, cholesky_diag, log2_am_gm, gptq_gap_bits,
@@ -15,63 +15,65 @@ Theory
 Rotations
     get_rotation, hadamard_matrix, ROTATIONS
 Quantizers and rates
-    quantize, QuantizeResult, RTNConfig, GPTQConfig, GPTQECConfig, WaterSICConfig,
-    measure_rate, column_entropy_bits, pooled_entropy_bits, coded_bits, rate_axis_label,
-    RATE_METRICS
+    quantize, QuantizeResult, METHODS, RTNConfig, GPTQConfig, GPTQECConfig, WaterSICConfig,
+    quantize_rtn, quantize_gptq, quantize_gptq_ec, quantize_watersic, measure_rate,
+    column_entropy_bits, pooled_entropy_bits, coded_bits, rate_axis_label, RATE_METRICS
 Experiments
-    sweep, table_to_csv, bundle_report
+    sweep, iter_sweep, SweepPoint, gap_table, table_to_csv, bundle_report
+Figures (plotly)
+    plots: the figure builders of the app
 Errors
-    WfvizError: the one error type for bad input; its message is one sentence.
+    WfvizError (bad input, one sentence), ResourceError (out of memory, time-outs),
+    Cancelled, WfvizWarning
 
-See ``docs/architecture.md`` for the module map and ``../shared/docs/theory.md`` for the maths.
+Names are imported on first use, so ``import wfviz`` is cheap (torch is loaded only when a
+name that needs it is used). See ``docs/architecture.md`` for the module map and
+``docs/theory.md`` for the maths.
 """
 
-from .bundles import list_bundles, load_bundle
-from .covariance import Covariance
-from .covariance_io import load_covariance, save_covariance, validate_covariance
-from .errors import WfvizError
-from .experiments import sweep, table_to_csv
-from .quantize import QuantizeResult, quantize
-from .quantizers.gptq import GPTQConfig
-from .quantizers.gptq_ec import GPTQECConfig
-from .quantizers.rtn import RTNConfig
-from .quantizers.watersic import WaterSICConfig
-from .rates import (
-    RATE_METRICS,
-    coded_bits,
-    column_entropy_bits,
-    measure_rate,
-    pooled_entropy_bits,
-    rate_axis_label,
-)
-from .report import bundle_report
-from .rotations import ROTATIONS, get_rotation, hadamard_matrix
-from .sources import SYNTHETIC_FAMILIES, resolve_source, synthetic
-from .stats import layer_stats, rotated_d
-from .theory import (
-    SPACE_FILLING_LOSS,
-    WATERSIC_GAP_BITS,
-    cholesky_diag,
-    gap_bits,
-    gptq_ec_distortion,
-    gptq_gap_bits,
-    highrate_it_distortion,
-    it_distortion,
-    log2_am_gm,
-    watersic_distortion,
-)
-from .waterfilling import distortion_rate_curve, reverse_waterfill
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Covariance", "GPTQConfig", "GPTQECConfig", "QuantizeResult", "RATE_METRICS", "ROTATIONS",
-    "RTNConfig", "SPACE_FILLING_LOSS", "SYNTHETIC_FAMILIES", "WATERSIC_GAP_BITS", "WaterSICConfig",
-    "WfvizError", "bundle_report", "cholesky_diag", "coded_bits", "column_entropy_bits",
-    "distortion_rate_curve", "gap_bits", "get_rotation", "gptq_ec_distortion", "gptq_gap_bits",
-    "hadamard_matrix", "highrate_it_distortion", "it_distortion", "layer_stats", "list_bundles",
-    "load_bundle", "load_covariance", "log2_am_gm", "measure_rate", "pooled_entropy_bits",
-    "quantize", "rate_axis_label", "resolve_source", "reverse_waterfill", "rotated_d",
-    "save_covariance", "sweep", "synthetic", "table_to_csv", "validate_covariance",
-    "watersic_distortion",
-]
+_EXPORTS = {
+    "basis": ("WorkingBasis", "working_basis"),
+    "bundles": ("list_bundles", "load_bundle"),
+    "covariance": ("Covariance",),
+    "covariance_io": ("load_covariance", "save_covariance", "validate_covariance"),
+    "errors": ("Cancelled", "ResourceError", "WfvizError", "WfvizException", "WfvizWarning"),
+    "experiments": ("SweepPoint", "gap_table", "iter_sweep", "sweep", "table_to_csv"),
+    "quantize_layer": ("QuantizeResult", "method_config", "quantize"),
+    "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",
+                   "quantize_gptq", "quantize_gptq_ec", "quantize_rtn", "quantize_watersic"),
+    "rates": ("RATE_METRICS", "coded_bits", "column_entropy_bits", "measure_rate",
+              "pooled_entropy_bits", "rate_axis_label"),
+    "report": ("bundle_report",),
+    "rotations": ("ROTATIONS", "get_rotation", "hadamard_matrix"),
+    "sources": ("SYNTHETIC_FAMILIES", "parse_source", "resolve_source", "synthetic"),
+    "stats": ("layer_stats", "rotated_d"),
+    "theory": ("SPACE_FILLING_LOSS", "WATERSIC_GAP_BITS", "cholesky_diag", "gap_bits",
+               "gptq_ec_distortion", "gptq_gap_bits", "highrate_it_distortion", "it_distortion",
+               "log2_am_gm", "watersic_distortion"),
+    "waterfilling": ("distortion_rate_curve", "reverse_waterfill"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = ("plots",)
+
+__all__ = sorted([*_WHERE, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'wfviz' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -124,11 +124,12 @@ class Bundle:
             f"{_ranges(blocks)} and inputs {', '.join(inputs)}."
         )
 
-    def layer(self, block: int, name: str) -> Covariance:
+    def layer(self, block: int, name: str, *, full: bool = True) -> Covariance:
         """The Σ_X of one layer input as a :class:`~wfviz.covariance.Covariance`.
 
-        Full matrix when the bundle stores eigenvectors for it, else eigenvalues with the
-        diagonal and ``d_by_rotation`` for identity, hadamard and act_order.
+        Full matrix when the bundle stores eigenvectors for it (and ``full``), else eigenvalues
+        with the diagonal and ``d_by_rotation`` for identity, hadamard and act_order.
+        ``full=False`` skips rebuilding the matrix, for tables that need no basis.
 
         Examples
         --------
@@ -139,7 +140,8 @@ class Bundle:
         entry = self._entry(block, name)
         arrays = _read_npz(self.path / entry["file"])
         lam = arrays["eigenvalues"]
-        matrix = rebuild_sigma(lam, arrays["eigenvectors"]) if entry["has_full"] else None
+        matrix = (rebuild_sigma(lam, arrays["eigenvectors"]) if entry["has_full"] and full
+                  else None)
         return Covariance(
             eigenvalues=lam,
             matrix=matrix,

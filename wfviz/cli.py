@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import WfvizError
+from .errors import Cancelled, ResourceError, WfvizError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,39 +29,48 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="damping before Cholesky, relative to mean(diag Σ)")
 
     c = sub.add_parser("curve", help="distortion-rate sweep: methods x rotations x rates")
-    c.add_argument("source")
-    c.add_argument("--methods", default="gptq-ec,watersic")
-    c.add_argument("--rotations", default="identity,haar,hadamard")
-    c.add_argument("--rates", default="2,3,4,5,6")
-    c.add_argument("--rows", type=int, default=256)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto")
-    c.add_argument("--rate-metric", default="column_entropy")
+    c.add_argument("source",
+                   help="file path, bundle:<name>/<block>/<input>, or synthetic:<family>?n=...")
+    c.add_argument("--methods", default="gptq-ec,watersic",
+                   help="comma-separated: rtn, gptq, gptq-ec, watersic (default gptq-ec,watersic)")
+    c.add_argument("--rotations", default="identity,haar,hadamard",
+                   help="comma-separated: identity, haar, hadamard, eigenbasis, act_order")
+    c.add_argument("--rates", default="2,3,4,5,6",
+                   help="comma-separated target rates in bits per weight (whole bits for "
+                        "rtn/gptq)")
+    c.add_argument("--rows", type=int, default=256,
+                   help="rows of the i.i.d. Gaussian weights quantized (default 256)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the weights and rotations")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    c.add_argument("--rate-metric", default="column_entropy",
+                   help="how bits are counted: column_entropy, pooled_entropy, coded_bits, "
+                        "log_cardinality (rtn/gptq only)")
     fmt = c.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true", help="print JSON rows")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a # header of settings")
 
     k = sub.add_parser("collect",
                        help="collect Σ_X of every linear input of a Hugging Face causal LM")
     k.add_argument("--model", required=True, help="Hugging Face id or local directory")
-    k.add_argument("--gguf-file", default=None)
+    k.add_argument("--gguf-file", default=None,
+                   help="a GGUF file inside the model directory (dequantized on load)")
     k.add_argument("--text", required=True, help="calibration text file")
-    k.add_argument("--tokens", type=int, required=True)
-    k.add_argument("--seq-len", type=int, default=2048)
-    k.add_argument("--device", default="auto")
-    k.add_argument("--dtype", default="float32")
-    k.add_argument("--out", required=True)
+    k.add_argument("--tokens", type=int, required=True, help="calibration tokens to use")
+    k.add_argument("--seq-len", type=int, default=2048, help="tokens per forward window")
+    k.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    k.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
+    k.add_argument("--out", required=True, help="bundle directory to write")
     k.add_argument("--full-layers", default="",
                    help="comma-separated block indices to store in full")
     k.add_argument("--layers", default="",
                    help="restrict to these input names (qkv,o,gate_up,down)")
 
     b = sub.add_parser("bundles", help="list the bundles found and their layers")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     r = sub.add_parser("report", help="the by-layer-type GPTQ-vs-WaterSIC gap table of a bundle")
-    r.add_argument("bundle")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("bundle", help="bundle name (see 'wfviz bundles') or directory")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.add_argument("--measure", action="store_true", help="also run the quantizers on full layers")
     r.add_argument("--haar-seeds", type=int, default=5,
                    help="Haar samples averaged per layer (default 5; 1 is five times faster)")
@@ -98,19 +107,20 @@ def _cmd_curve(args) -> int:
         bar.set_postfix_str(message)
 
     try:
-        rows = sweep(cov, methods=args.methods, rotations=args.rotations, rates=args.rates,
-                     rows=args.rows, seed=args.seed, device=args.device,
-                     rate_metric=args.rate_metric, progress=None if quiet else progress,
-                     notice=lambda text: print(f"wfviz: {text}", file=sys.stderr))
+        points = sweep(cov, methods=args.methods, rotations=args.rotations, rates=args.rates,
+                       rows=args.rows, seed=args.seed, device=args.device,
+                       rate_metric=args.rate_metric, progress=None if quiet else progress)
     finally:
         if bar is not None:
             bar.close()
     if args.json:
-        _print_json(json_safe(rows))
+        _print_json(json_safe([p.as_row() for p in points]))
     elif args.csv:
-        sys.stdout.write(table_to_csv(rows))
+        sys.stdout.write(table_to_csv(points, header={
+            "source": cov.source_id or args.source, "label": cov.label, "rows": args.rows,
+            "seed": args.seed, "rate_metric": args.rate_metric}))
     else:
-        print(table_to_text(rows))
+        print(table_to_text(points))
     return 0
 
 
@@ -188,14 +198,28 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library notices (:class:`~wfviz.errors.WfvizWarning`) as one ``wfviz:`` line each."""
+    print(f"wfviz: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 success, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 success, 2 bad input, 1 out of resources)."""
+    import warnings
+
+    warnings.showwarning = _show_notice
     try:
         args = _build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
     except WfvizError as exc:
         print(f"wfviz: error: {exc}", file=sys.stderr)
         return 2
+    except ResourceError as exc:
+        print(f"wfviz: error: {exc}", file=sys.stderr)
+        return 1
+    except Cancelled:
+        print("wfviz: error: cancelled.", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("wfviz: error: interrupted.", file=sys.stderr)
         return 130

@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SPECTRUM_ROTATIONS = ("haar", "eigenbasis")
+"""Rotations defined without the native basis: a Haar rotation of diag(λ), and the eigenbasis."""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Covariance:
     """A layer-input second moment Σ_X = E[x xᵀ] (not mean-centred), or only its spectrum.
 
@@ -56,3 +59,35 @@ class Covariance:
         if self.matrix is not None:
             return np.diag(self.matrix).copy()
         return self.diagonal
+
+    def supports(self, rotation: str, *, quantize: bool = True) -> bool:
+        """Whether ``rotation`` can be used with this source.
+
+        Quantizing needs the native basis (the full matrix) except for the
+        :data:`SPECTRUM_ROTATIONS`, where ``diag(λ)`` stands for Σ. Predictions
+        (``quantize=False``) can also use the Cholesky diagonals a bundle stored.
+
+        Examples
+        --------
+        >>> cov = Covariance(eigenvalues=np.array([2.0, 1.0]), d_by_rotation={"identity": None})
+        >>> cov.supports("haar"), cov.supports("identity"), cov.supports("identity",
+        ...                                                                quantize=False)
+        (True, False, True)
+        """
+        if self.is_full or rotation in SPECTRUM_ROTATIONS:
+            return True
+        return not quantize and rotation in self.d_by_rotation
+
+    def unsupported_reason(self, rotation: str, *, quantize: bool = True) -> str | None:
+        """None when :meth:`supports` says yes; else the one sentence that says why not.
+
+        Examples
+        --------
+        >>> Covariance(eigenvalues=np.array([1.0])).unsupported_reason("hadamard")[:40]
+        'The hadamard rotation needs the native b'
+        """
+        if self.supports(rotation, quantize=quantize):
+            return None
+        return (f"The {rotation} rotation needs the native basis (the full Σ_X matrix), but this "
+                f"source has only its eigenvalues; use {' or '.join(SPECTRUM_ROTATIONS)}, or a "
+                f"source with the full matrix.")

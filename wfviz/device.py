@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import WfvizError
+from .errors import ResourceError, WfvizError, notify
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OOM_NOTICE = "GPU out of memory; fell back to the CPU"
@@ -87,8 +87,7 @@ def float64_device(device: torch.device, notice: Callable[[str], None] | None = 
     """
     if device.type != "mps":
         return device
-    if notice is not None:
-        notice(MPS_NOTICE)
+    notify(MPS_NOTICE, notice)
     return torch.device("cpu")
 
 
@@ -101,8 +100,8 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS))
 
 
-def _cpu_oom_error() -> WfvizError:
-    return WfvizError("The CPU ran out of memory for this run (an n×n float64 matrix takes "
+def _cpu_oom_error() -> ResourceError:
+    return ResourceError("The CPU ran out of memory for this run (an n×n float64 matrix takes "
                       "8·n² bytes, and a sweep holds about four); use fewer rows or rotations, "
                       "a smaller Σ, or a machine with more memory.")
 
@@ -135,7 +134,7 @@ def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.de
 
     Raises
     ------
-    WfvizError
+    ResourceError
         When the CPU (first choice or fallback) runs out of memory, in one sentence.
 
     Examples
@@ -152,6 +151,45 @@ def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.de
             raise
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    if notice is not None:
-        notice(OOM_NOTICE)
+    notify(OOM_NOTICE, notice)
     return _on_cpu(fn, torch.device("cpu"))
+
+
+def iter_with_oom_fallback(fn: Callable, device: torch.device,
+                           notice: Callable[[str], None] | None = None):
+    """Yield ``(key, value)`` pairs of the generator ``fn(device, done)``, falling back to the
+    CPU when a GPU runs out of memory.
+
+    ``done`` is the set of keys already yielded: after a fallback, ``fn(cpu, done)`` is asked
+    to skip them, so no finished piece of work is computed or yielded twice.
+
+    Examples
+    --------
+    >>> def work(d, done):
+    ...     for k in ("a", "b"):
+    ...         if k not in done:
+    ...             yield k, d.type
+    >>> list(iter_with_oom_fallback(work, torch.device("cpu")))
+    [('a', 'cpu'), ('b', 'cpu')]
+    """
+    done: set = set()
+    if device.type != "cpu":
+        try:
+            for key, value in fn(device, done):
+                done.add(key)
+                yield key, value
+            return
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        notify(OOM_NOTICE, notice)
+    try:
+        for key, value in fn(torch.device("cpu"), done):
+            done.add(key)
+            yield key, value
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _cpu_oom_error() from exc
+        raise

@@ -16,7 +16,13 @@ and RTN, whose rate is a grid's, the same GPTQ-EC formula is given as a referenc
 
 Work shared across rates: the rotation and the method's Σ-only preparation (Cholesky) are done
 once per rotation, and the entropy-coded methods (GPTQ-EC, WaterSIC) search all rates
-together in stacked passes.
+together in stacked passes. Dead features are taken out before rotating
+(:func:`wfviz.basis.working_basis`), as :func:`wfviz.quantize` does.
+
+:func:`iter_sweep` yields :class:`SweepPoint` records as each (rotation group, method)
+finishes, so that a cancelled run keeps what finished; :func:`sweep` collects them (and, when
+cancelled, attaches the finished points to the :class:`~wfviz.errors.Cancelled` it raises as
+``exc.points``). :func:`gap_table` is the measured gap by rate and rotation that the app shows.
 """
 
 from __future__ import annotations
@@ -25,33 +31,84 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
-from .device import float64_device, resolve_device, run_with_oom_fallback
-from .errors import WfvizError, all_finite
-from .quantize import (
-    _as_tensor,
-    damping_notice,
-    make_config,
-    sigma_and_rotation_basis,
-    weighted_error,
-)
+from .basis import WorkingBasis, working_basis
+from .device import float64_device, iter_with_oom_fallback, resolve_device
+from .errors import Cancelled, WfvizError, notify
+from .quantize_layer import damping_notice, make_config, sigma_and_rotation_basis
 from .quantizers import get_method
 from .quantizers.base import cholesky_ex
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
-from .rates import column_entropy_bits
+from .rates import RATE_METRICS, column_entropy_bits
+from .rotations import ROTATIONS
 from .theory import WATERSIC_GAP_BITS, gptq_gap_bits, it_distortion
-
-COLUMNS = ("method", "rotation", "target_rate", "rate", "rate_metric", "distortion",
-           "relative_distortion", "it_limit", "gap_bits", "predicted_gap_bits", "prediction",
-           "time_s")
-"""The columns of a sweep table, in order."""
+from .validation import as_float64, check_weights
 
 _ENTROPY_METHODS = ("gptq-ec", "watersic")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One measured point of a sweep.
+
+    Attributes
+    ----------
+    method, rotation : str
+    target_rate : float
+        What was asked (grid bits for rtn/gptq, measured bits otherwise).
+    rate : float
+        Measured bits per weight under ``rate_metric``, side information included.
+    rate_metric : str
+    distortion : float
+        ``tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n)``, float64.
+    relative_distortion : float
+        ``distortion / (tr(WΣWᵀ)/(a·n))``.
+    it_limit : float
+        Reverse-waterfilling distortion of the eigenvalues at the measured rate, with the
+        weights' per-entry variance.
+    gap_bits : float
+        ``½ log2(distortion / it_limit)``.
+    predicted_gap_bits : float
+        The high-rate prediction (see the module docstring).
+    prediction : str
+        What kind of prediction it is.
+    time_s : float
+        This point's share of the wall time.
+    columns : dict or None
+        With ``keep_columns``: ``"column_entropy"`` (per-column empirical entropy of the codes,
+        bits, no side information) and, for WaterSIC, ``"d"`` (the ``d_j = L_jj²`` of the damped
+        Σ it factored, from its steps ``(c/α_j)²``; dead columns get the damping).
+    """
+
+    method: str
+    rotation: str
+    target_rate: float
+    rate: float
+    rate_metric: str
+    distortion: float
+    relative_distortion: float
+    it_limit: float
+    gap_bits: float
+    predicted_gap_bits: float
+    prediction: str
+    time_s: float
+    columns: dict | None = field(default=None, compare=False, repr=False)
+
+    def as_row(self) -> dict:
+        """The point as a dict of the :data:`COLUMNS` (what tables, CSV and JSON hold)."""
+        row = asdict(self)
+        row.pop("columns")
+        return row
+
+
+COLUMNS = tuple(f.name for f in fields(SweepPoint) if f.name != "columns")
+"""The columns of a sweep table, in order."""
 
 
 def _names(value, what: str) -> list[str]:
@@ -75,17 +132,21 @@ def _check_rates(rates) -> list[float]:
     return out
 
 
-def _check_args(methods, rotations, rates, rate_metric, rows):
-    from .rates import RATE_METRICS
-    from .rotations import ROTATIONS
+def check_sweep_args(methods, rotations, rates, rate_metric, rows):
+    """Validate a sweep's grid; returns ``(methods, rotations, rates)`` as lists.
 
+    Examples
+    --------
+    >>> check_sweep_args("gptq,watersic", "identity", "2,3", "column_entropy", 256)[2]
+    [2.0, 3.0]
+    """
     methods, rotations, rates = _names(methods, "method"), _names(rotations, "rotation"), \
         _check_rates(rates)
     for m in methods:
         get_method(m)
         if m in _ENTROPY_METHODS and rate_metric == "log_cardinality":
             raise WfvizError(f"{m} has unbounded codes, so its rate cannot be log_cardinality; "
-                             f"use column_entropy, pooled_entropy or coded_bits.")
+                             f"use an entropy or a coded size.")
         if m not in _ENTROPY_METHODS and any(r != int(r) for r in rates):
             raise WfvizError(f"{m} uses a grid of 2^b levels, so its rates must be whole bits; "
                              f"drop it or use whole rates.")
@@ -110,12 +171,7 @@ def _weights(W, rows: int, n: int, seed: int) -> torch.Tensor:
     if W is None:
         g = torch.Generator().manual_seed(int(seed))
         return torch.randn(rows, n, generator=g, dtype=torch.float64)
-    Wt = _as_tensor(W, "W")
-    if Wt.ndim != 2 or Wt.shape[1] != n or Wt.shape[0] == 0:
-        raise WfvizError(f"W must have shape (a, {n}) to match Σ, got {tuple(Wt.shape)}.")
-    if not all_finite(Wt):
-        raise WfvizError("W must be finite; remove NaN and infinite entries first.")
-    return Wt
+    return check_weights(as_float64(W, "W"), n)
 
 
 def _predicted(method: str, d: np.ndarray | None) -> tuple[float, str]:
@@ -132,15 +188,15 @@ def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
 
     GPTQ decides the columns first to last with the upper Cholesky factor ``U`` of
     ``H⁻¹ = (2Σ)⁻¹``, so ``d_j = 1/(2 U_jj²) = R_jj²/2`` with ``H = R Rᵀ`` (``R = U⁻¹``
-    upper): the Cholesky diagonal of Σ in *reversed* order,
-    with the same product as ``Var(X_j | X_{<j})`` but a different AM. Taken from GPTQ-EC's
-    prepared factor when there is one; otherwise one Cholesky of the reversed Σ, with the
-    damping added in place to keep the n×n copies to two.
+    upper): the Cholesky diagonal of Σ in *reversed* order, with the same product as
+    ``Var(X_j | X_{<j})`` but a different AM. Taken from GPTQ-EC's prepared factor when there
+    is one; otherwise one Cholesky of the reversed Σ, with the damping added in place to keep
+    the n×n copies to two.
     """
     if prep is not None:
         return (0.5 * prep.r_diag**2).cpu().numpy()
     H = Sr.flip(0, 1)
-    H.diagonal().add_(GPTQECConfig().percdamp * float(torch.diagonal(H).mean()))
+    H.diagonal().add_(GPTQECConfig().damping * float(torch.diagonal(H).mean()))
     L, info = cholesky_ex(H)
     del H
     if info != 0:
@@ -148,75 +204,80 @@ def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
     return (torch.diagonal(L) ** 2).flip(0).cpu().numpy()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Basis:
-    """One rotation's weights and Σ, with what every method's rows share."""
+    """One rotation's working basis, with what every method's points share."""
 
     label: str
-    Wr: torch.Tensor
-    Sr: torch.Tensor
+    wb: WorkingBasis
     energy: float
     d: np.ndarray | None
     ec_prep: GPTQPrepared | None  # GPTQ-EC's factor, dropped once GPTQ-EC has run
     ec_prep_s: float
 
 
-def _basis(W, S, rot_name, label, seed, methods) -> _Basis:
-    from .rotations import get_rotation
+@dataclass(frozen=True)
+class _Sweep:
+    """What every group of a sweep shares."""
 
-    rot = get_rotation(rot_name, S.shape[0], seed=seed, sigma=S)
-    Wr, Sr = rot.apply_layer(W, S)
-    del rot  # a dense Q is n×n: free it before the factorizations
+    W: torch.Tensor
+    methods: list
+    rotations: list
+    rates: list
+    metric: str
+    seed: int
+    lam: np.ndarray
+    variance: float
+    cancel: object
+    keep_columns: bool
+
+
+def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
+    wb = working_basis(W, S, rot_name, seed=ctx.seed)
     start = time.perf_counter()
-    ec_prep = prepare_gptq_ec(Sr) if "gptq-ec" in methods else None
+    ec_prep = prepare_gptq_ec(wb.S) if "gptq-ec" in ctx.methods else None
     ec_prep_s = time.perf_counter() - start
-    return _Basis(label, Wr, Sr, weighted_error(Wr, Sr), _gptq_d(Sr, ec_prep), ec_prep,
-                  ec_prep_s)
+    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep), ec_prep, ec_prep_s)
 
 
-def _method_points(spec, bases: list[_Basis], rates, metric, cancel,
-                   progress=None) -> list[list[tuple]]:
-    """(rate, MethodOutput, seconds) of one method for every rate in every basis.
+def _method_points(ctx: _Sweep, spec, bases: list[_Basis], progress) -> list[list[tuple]]:
+    """(target, MethodOutput, seconds) of one method for every rate in every basis.
 
     Methods with a batched search get all bases in one call; the shared work (factor,
     search, GPTQ-EC's factor made with the basis) is shared out equally over the points.
+    All bases have the same live features, so one list of method rates serves them all.
     """
     cfg = make_config(spec.name)
+    rates = [bases[0].wb.method_rate(r, spec.integer_rates) for r in ctx.rates]
     if spec.quantize_many is None:
-        return [list(_single_points(spec, cfg, b, rates, metric, cancel)) for b in bases]
+        return [list(_single_points(ctx, spec, cfg, b, rates)) for b in bases]
     start = time.perf_counter()
     preps = [b.ec_prep if spec.name == "gptq-ec" else
-             spec.prepare(b.Sr, cfg) if spec.prepare is not None else None for b in bases]
-    outs = spec.quantize_many([(b.Wr, b.Sr, p) for b, p in zip(bases, preps, strict=True)],
-                              rates, cfg, rate_metric=metric, cancel=cancel, progress=progress)
+             spec.prepare(b.wb.S, cfg) if spec.prepare is not None else None for b in bases]
+    outs = spec.quantize_many([(b.wb.W, b.wb.S, p) for b, p in zip(bases, preps, strict=True)],
+                              rates, cfg, rate_metric=ctx.metric, cancel=ctx.cancel,
+                              progress=progress)
     del preps
     each = (time.perf_counter() - start) / (len(bases) * len(rates))
     extra = [b.ec_prep_s / len(rates) if spec.name == "gptq-ec" else 0.0 for b in bases]
-    return [[(r, o, each + x) for r, o in zip(rates, row, strict=True)]
+    return [[(t, o, each + x) for t, o in zip(ctx.rates, row, strict=True)]
             for row, x in zip(outs, extra, strict=True)]
 
 
-def _single_points(spec, cfg, b: _Basis, rates, metric, cancel):
+def _single_points(ctx: _Sweep, spec, cfg, b: _Basis, rates):
     start = time.perf_counter()
-    prep = spec.prepare(b.Sr, cfg) if spec.prepare is not None else None
+    prep = spec.prepare(b.wb.S, cfg) if spec.prepare is not None else None
     prep_s = time.perf_counter() - start
-    for r in rates:
+    for target, r in zip(ctx.rates, rates, strict=True):
         start = time.perf_counter()
         rate = int(r) if spec.integer_rates else r
-        out = spec.quantize(b.Wr, b.Sr, rate, cfg, rate_metric=metric, cancel=cancel,
-                            prepared=prep)
-        yield r, out, prep_s / len(rates) + time.perf_counter() - start
-
-
-def _distortions(Wr: torch.Tensor, Sr: torch.Tensor, outs) -> list[float]:
-    """``tr(E Σ Eᵀ)/(a n)`` of every output, float64, as one stacked matrix product."""
-    E = torch.cat([Wr - o.W_hat.to(torch.float64) for o in outs])
-    per_row = ((E @ Sr) * E).sum(dim=1).reshape(len(outs), -1)
-    return (per_row.sum(dim=1) / Wr.numel()).tolist()
+        out = spec.quantize(b.wb.W, b.wb.S, rate, cfg, rate_metric=ctx.metric,
+                            cancel=ctx.cancel, prepared=prep)
+        yield target, out, prep_s / len(rates) + time.perf_counter() - start
 
 
 def _kept(method: str, out) -> dict:
-    """What ``sweep(keep=...)`` stores of one point (see there)."""
+    """What ``keep_columns`` stores of one point (see :class:`SweepPoint`)."""
     if out.rate_metric in ("column_entropy", "pooled_entropy"):  # already measured per column
         side = out.side_info_bits / out.codes.numel()
         entropy = np.asarray(out.column_rates, dtype=np.float64) - side
@@ -232,23 +293,64 @@ def _kept(method: str, out) -> dict:
     return kept
 
 
-def _row(method, rotation, target, out, distortion, energy, lam, variance, d, seconds) -> dict:
-    it = float(it_distortion(lam, out.rate, variance=variance))
-    predicted, kind = _predicted(method, d)
-    return {"method": method, "rotation": rotation, "target_rate": float(target),
-            "rate": float(out.rate), "rate_metric": out.rate_metric,
-            "distortion": distortion, "relative_distortion": distortion / energy,
-            "it_limit": it,
-            "gap_bits": 0.5 * math.log2(distortion / it) if distortion > 0 and it > 0
-            else math.nan,
-            "predicted_gap_bits": predicted, "prediction": kind, "time_s": seconds}
+def _point(ctx: _Sweep, method, b: _Basis, target, out, distortion, seconds) -> SweepPoint:
+    rate = b.wb.layer_rate(float(out.rate))
+    it = float(it_distortion(ctx.lam, rate, variance=ctx.variance))
+    predicted, kind = _predicted(method, b.d)
+    gap = 0.5 * math.log2(distortion / it) if distortion > 0 and it > 0 else math.nan
+    return SweepPoint(method=method, rotation=b.label, target_rate=float(target), rate=rate,
+                      rate_metric=out.rate_metric, distortion=distortion,
+                      relative_distortion=distortion / b.energy, it_limit=it, gap_bits=gap,
+                      predicted_gap_bits=predicted, prediction=kind, time_s=seconds,
+                      columns=_kept(method, out) if ctx.keep_columns else None)
 
 
-def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
-          device: str = "auto", rate_metric: str = "column_entropy", W=None, progress=None,
-          cancel=None, notice=None, table: list | None = None,
-          keep: dict | None = None) -> list[dict]:
-    """Quantize one weight matrix with every method × rotation × rate and tabulate the result.
+def _group_points(ctx: _Sweep, group, device, done: set, progress, step: list) -> Iterator:
+    """``((rotations, method), points)`` of every method on one group of rotations."""
+    W = ctx.W.to(device)
+    prepared = [_basis(ctx, W, S.to(device), rot_name, label) for (S, rot_name), label in group]
+    for m in ctx.methods:
+        key = (tuple(b.label for b in prepared), m)
+        if key in done:
+            continue
+        inner = _share(progress, step[0], len(prepared), step[1])
+        per_basis = _method_points(ctx, get_method(m), prepared, inner)
+        if m == "gptq-ec":
+            for b in prepared:
+                b.ec_prep = None  # before the next method allocates its own factors
+        points = []
+        for b, pts in zip(prepared, per_basis, strict=True):
+            note = damping_notice(m, make_config(m), pts[0][1].info, f" on {b.label}")
+            if note is not None:
+                notify(note)
+            dists = b.wb.distortions([out.W_hat for _, out, _ in pts])
+            points += [_point(ctx, m, b, t, out, dist, secs)
+                       for (t, out, secs), dist in zip(pts, dists, strict=True)]
+        del per_basis  # its outputs hold Ŵ and the codes of every point
+        step[0] += len(prepared)
+        if progress is not None:
+            progress(step[0] / step[1], f"{m} on {', '.join(b.label for b in prepared)} done")
+        yield key, points
+
+
+BATCH_MAX_N = 2048
+"""Up to this n a sweep prepares every rotation at once and runs each entropy-coded method
+over all of them in batched column loops, which are bound by per-operation overhead there;
+above it, one rotation at a time, so that only one rotation's n×n arrays are held."""
+
+
+def _share(progress, done: int, size: int, total: int):
+    """A method's own progress (0..1 over ``size`` of the ``total`` steps) as the sweep's."""
+    if progress is None:
+        return None
+    return lambda f, msg: progress((done + min(f, 1.0) * size) / total, msg)
+
+
+def iter_sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
+               device: str = "auto", rate_metric: str = "column_entropy", W=None,
+               progress=None, cancel=None, notice=None,
+               keep_columns: bool = False) -> Iterator[SweepPoint]:
+    """Quantize one weight matrix with every method × rotation × rate, point by point.
 
     Parameters
     ----------
@@ -263,124 +365,128 @@ def sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
     seed : int
         Seed of the synthetic weights and of random rotations.
     device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; a GPU out of memory falls back to CPU.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; a GPU out of memory falls back to CPU
+        (the methods already finished are not run again).
     rate_metric : str
         How every rate is counted (one metric per table).
     W : ndarray or torch.Tensor, optional
         Weights to use instead of synthetic ones, shape ``(a, n)``.
     progress : callable, optional
-        ``progress(fraction, message)`` after each (rotation, method).
+        ``progress(fraction, message)`` during and after each (rotation, method).
     cancel : callable, optional
-        ``cancel()`` returning True raises :class:`~wfviz.quantizers.base.Cancelled`.
+        ``cancel()`` returning True raises :class:`~wfviz.errors.Cancelled`; the points
+        yielded before stay valid.
     notice : callable, optional
-        Receives one-line notices such as the GPU fallback.
-    table : list, optional
-        Every finished row is appended here as soon as its (rotation, method) is done, so a
-        caller whose sweep is cancelled keeps the points it already has. The return value is
-        this list (a new one when None).
-    keep : dict, optional
-        Receives, for every point, ``keep[(method, rotation, target_rate)]`` =
-        ``{"column_entropy": ...}`` (the per-column empirical entropy of its codes, bits, no side
-        information) and, for WaterSIC, ``"d"``: the ``d_j = L_jj²`` of the damped Σ it factored
-        (from its steps, ``(c/α_j)²``; dead columns get the damping), for a per-column view
-        without quantizing again.
+        Also receives the one-line notices, which are issued as
+        :class:`~wfviz.errors.WfvizWarning` in any case.
+    keep_columns : bool
+        Attach the per-column data of every point (:attr:`SweepPoint.columns`).
 
-    Returns
-    -------
-    list of dict
-        One row per point with the keys of :data:`COLUMNS`; distortions are per entry and
-        computed in float64 in the rotated basis (equal to the original basis: Q is
-        orthogonal). ``time_s`` includes an equal share of the work shared across rates.
+    Yields
+    ------
+    SweepPoint
+        In groups, as each method finishes on a group of rotations (all rotations at once up
+        to ``n = BATCH_MAX_N``, one by one above).
 
     Examples
     --------
-    >>> rows = sweep(np.diag([4.0, 2.0, 1.0, 0.5]), methods="gptq-ec,watersic",
-    ...              rotations="identity", rates=[3], rows=512)
-    >>> [r["method"] for r in rows], all(abs(r["rate"] - 3) <= 0.01 for r in rows)
+    >>> pts = list(iter_sweep(np.diag([4.0, 2.0, 1.0, 0.5]), methods="gptq-ec,watersic",
+    ...                       rotations="identity", rates=[3], rows=512))
+    >>> [p.method for p in pts], all(abs(p.rate - 3) <= 0.01 for p in pts)
     (['gptq-ec', 'watersic'], True)
     """
-    methods, rotations, rates = _check_args(methods, rotations, rates, rate_metric, rows)
+    methods, rotations, rates = check_sweep_args(methods, rotations, rates, rate_metric, rows)
     bases = [sigma_and_rotation_basis(sigma, r) for r in rotations]
     S = bases[0][0]
-    n = S.shape[0]
-    W64 = _weights(W, rows, n, seed)
-    lam = _eigenvalues(sigma, S)
-    variance = float((W64**2).mean())
+    W64 = _weights(W, rows, S.shape[0], seed)
+    ctx = _Sweep(W64, methods, rotations, rates, rate_metric, seed, _eigenvalues(sigma, S),
+                 float((W64**2).mean()), cancel, keep_columns)
     dev = float64_device(resolve_device(device), notice)
-
-    table = [] if table is None else table
-
-    def run(d: torch.device) -> list[dict]:
-        del table[:]  # a CPU rerun after a GPU out-of-memory starts the table again
-        _sweep_on(d, W64, bases, rotations, methods, rates, rate_metric, seed, lam, variance,
-                  progress, cancel, notice, table, keep)
-        return table
-
-    return run_with_oom_fallback(run, dev, notice)
-
-
-BATCH_MAX_N = 2048
-"""Up to this n a sweep prepares every rotation at once and runs each entropy-coded method
-over all of them in batched column loops, which are bound by per-operation overhead there;
-above it, one rotation at a time, so that only one rotation's n×n arrays are held."""
-
-
-def _sweep_on(dev, W64, bases, rotations, methods, rates, metric, seed, lam, variance,
-              progress, cancel, notice, table, keep) -> None:
-    total, done = len(rotations) * len(methods), 0
-    W = W64.to(dev)
-    n = W.shape[1]
     todo = list(zip(bases, rotations, strict=True))
-    groups = [todo] if n <= BATCH_MAX_N else [[item] for item in todo]
-    for group in groups:
-        prepared = [_basis(W, S.to(dev), rot_name, label, seed, methods)
-                    for (S, rot_name), label in group]
-        for m in methods:
-            inner = _share(progress, done, len(prepared), total)
-            per_basis = _method_points(get_method(m), prepared, rates, metric, cancel, inner)
-            if m == "gptq-ec":
-                for b in prepared:
-                    b.ec_prep = None  # before the next method allocates its own factors
-            for b, points in zip(prepared, per_basis, strict=True):
-                _add_rows(table, keep, m, b, points, lam, variance, notice)
-            del per_basis  # its outputs hold Ŵ and the codes of every point
-            done += len(prepared)
-            if progress is not None:
-                progress(done / total, f"{m} on {', '.join(b.label for b in prepared)} done")
-        del prepared  # before the next rotation allocates its own n×n arrays
-    order = {(m, r): (rotations.index(r), methods.index(m)) for m in methods for r in rotations}
-    table.sort(key=lambda row: order[(row["method"], row["rotation"])])
+    groups = [todo] if S.shape[0] <= BATCH_MAX_N else [[item] for item in todo]
+    step = [0, len(rotations) * len(methods)]
+
+    def run(d, done):
+        for group in groups:
+            yield from _group_points(ctx, group, d, done, progress, step)
+
+    for _, points in iter_with_oom_fallback(run, dev, notice):
+        yield from points
 
 
-def _share(progress, done: int, size: int, total: int):
-    """A method's own progress (0..1 over ``size`` of the ``total`` steps) as the sweep's."""
-    if progress is None:
-        return None
-    return lambda f, msg: progress((done + min(f, 1.0) * size) / total, msg)
+def sweep(sigma, **kwargs) -> list[SweepPoint]:
+    """All points of :func:`iter_sweep` (same parameters), ordered by rotation, then method.
+
+    A cancelled sweep raises :class:`~wfviz.errors.Cancelled` with the finished points as its
+    ``points`` attribute.
+
+    Examples
+    --------
+    >>> pts = sweep(np.diag([4.0, 2.0, 1.0, 0.5]), methods="gptq-ec,watersic",
+    ...             rotations="identity", rates=[3], rows=512)
+    >>> [p.method for p in pts], all(abs(p.rate - 3) <= 0.01 for p in pts)
+    (['gptq-ec', 'watersic'], True)
+    """
+    points: list[SweepPoint] = []
+    try:
+        points.extend(iter_sweep(sigma, **kwargs))
+    except Cancelled as exc:
+        exc.points = points
+        raise
+    return order_points(points, kwargs["methods"], kwargs["rotations"])
 
 
-def _add_rows(table, keep, m, b: _Basis, points, lam, variance, notice) -> None:
-    note = damping_notice(m, make_config(m), points[0][1].info, f" on {b.label}")
-    if note is not None and notice is not None:
-        notice(note)
-    dists = _distortions(b.Wr, b.Sr, [out for _, out, _ in points])
-    for (target, out, secs), dist in zip(points, dists, strict=True):
-        table.append(_row(m, b.label, target, out, dist, b.energy, lam, variance, b.d, secs))
-        if keep is not None:
-            keep[(m, b.label, float(target))] = _kept(m, out)
+def order_points(points: list[SweepPoint], methods, rotations) -> list[SweepPoint]:
+    """``points`` sorted by rotation, then method, in the order the sweep was asked for."""
+    methods, rotations = _names(methods, "method"), _names(rotations, "rotation")
+    return sorted(points, key=lambda p: (rotations.index(p.rotation), methods.index(p.method)))
 
 
-def table_to_csv(rows: list[dict]) -> str:
-    """The sweep table as CSV text with a header line.
+def gap_table(points) -> list[dict]:
+    """Measured gap to the IT limit in bits: one row per method · rotation, one column per
+    target rate (``"R = 3"``), and the high-rate prediction (``"high-rate theory"``).
+
+    Examples
+    --------
+    >>> pts = sweep(np.diag([4.0, 2.0, 1.0, 0.5]), methods="watersic",
+    ...             rotations="identity,haar", rates=[3, 4], rows=512)
+    >>> [sorted(row) for row in gap_table(pts)][0]
+    ['R = 3', 'R = 4', 'high-rate theory', 'method · rotation']
+    """
+    rows: dict = {}
+    for p in _as_rows(points):
+        key = f"{p['method']} · {p['rotation']}"
+        row = rows.setdefault(key, {"method · rotation": key})
+        row[f"R = {p['target_rate']:g}"] = p["gap_bits"]
+        row.setdefault("high-rate theory", p["predicted_gap_bits"])
+    for row in rows.values():  # the prediction last, after every rate
+        row["high-rate theory"] = row.pop("high-rate theory")
+    return list(rows.values())
+
+
+def _as_rows(points) -> list[dict]:
+    return [p.as_row() if isinstance(p, SweepPoint) else p for p in points]
+
+
+def table_to_csv(rows, *, header: dict | None = None) -> str:
+    """The sweep table (points or row dicts) as CSV text with a header line.
+
+    ``header`` adds ``# key: value`` comment lines first (the source, rows, seed and rate
+    metric of the run), so that a saved table says what it measured.
 
     Examples
     --------
     >>> table_to_csv([{"method": "gptq", "rate": 4.0}]).splitlines()
     ['method,rate', 'gptq,4.0']
+    >>> table_to_csv([{"rate": 4.0}], header={"source": "x"}).splitlines()
+    ['# source: x', 'rate', '4.0']
     """
+    rows = _as_rows(rows)
     if not rows:
         return ""
     buf = io.StringIO()
+    for key, value in (header or {}).items():
+        buf.write(f"# {key}: {value}\n")
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -393,8 +499,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table_to_text(rows: list[dict], columns=COLUMNS) -> str:
-    """The sweep table as aligned plain text (for the terminal).
+def table_to_text(rows, columns=COLUMNS) -> str:
+    """The sweep table (points or row dicts) as aligned plain text (for the terminal).
 
     Examples
     --------
@@ -402,6 +508,7 @@ def table_to_text(rows: list[dict], columns=COLUMNS) -> str:
     method  rate
     gptq    4.0000
     """
+    rows = _as_rows(rows)
     cells = [[str(c) for c in columns]] + [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .errors import WfvizError
+from .errors import ResourceError, WfvizError
 
 ENV_LIMIT = "WFVIZ_MAX_HEAVY_RUNS"
 """Environment variable: the number of heavy runs that may go at once."""
@@ -43,7 +43,7 @@ __all__ = ["ENV_LIMIT", "ENV_THREADS", "POLL_S", "HeavyGate", "HeavyGateTimeout"
            "SlotInfo", "configure_heavy_gate", "cpu_cores", "heavy_gate", "heavy_slot"]
 
 
-class HeavyGateTimeout(WfvizError):
+class HeavyGateTimeout(ResourceError):
     """A heavy run waited longer than its ``timeout`` for a free slot."""
 
 

@@ -30,7 +30,13 @@ _AXIS_NAMES = {
 }
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
+    """Raise unless ``metric`` is a name of :data:`RATE_METRICS`.
+
+    Examples
+    --------
+    >>> check_metric("column_entropy")
+    """
     if metric not in RATE_METRICS:
         raise WfvizError(f"Unknown rate metric '{metric}'; choose one of "
                          f"{', '.join(RATE_METRICS)}.")
@@ -44,7 +50,7 @@ def rate_axis_label(metric: str) -> str:
     >>> rate_axis_label("pooled_entropy")
     'rate (bits/weight, pooled entropy)'
     """
-    _check_metric(metric)
+    check_metric(metric)
     return f"rate (bits/weight, {_AXIS_NAMES[metric]})"
 
 
@@ -176,8 +182,32 @@ def coded_bits(codes, *, per_column: bool = True) -> CodedSize:
     return CodedSize(float(col_bits.sum()), col_bits, float(payload.sum()), float(sum(tables)))
 
 
+FAST_ESTIMATE_METRICS: frozenset = frozenset()
+"""Metrics whose ``measure_rate(..., fast=True)`` is an estimate of the exact count."""
+
+
+def measurable_entropy_bits(metric: str, a: int, m: int) -> float:
+    """Most bits per code that ``metric`` can read from ``a`` rows of ``m`` coded columns.
+
+    An empirical histogram of ``N`` codes has entropy at most ``log2 N``: ``N = a`` per column
+    for ``column_entropy``, ``a·m`` for the one histogram of ``pooled_entropy`` and for the
+    tables of ``coded_bits``. ``log_cardinality`` reads a grid, not codes (no limit).
+
+    Examples
+    --------
+    >>> measurable_entropy_bits("column_entropy", 256, 10)
+    8.0
+    """
+    check_metric(metric)
+    if metric == "column_entropy":
+        return math.log2(a)
+    if metric in ("pooled_entropy", "coded_bits"):
+        return math.log2(a * m)
+    return math.inf
+
+
 def measure_rate(codes, metric: str, *, side_info_bits: float = 0.0,
-                 levels: int | None = None) -> tuple[float, np.ndarray]:
+                 levels: int | None = None, fast: bool = False) -> tuple[float, np.ndarray]:
     """Bits per weight of ``(a, n)`` codes under ``metric``, side information included.
 
     Parameters
@@ -189,6 +219,9 @@ def measure_rate(codes, metric: str, *, side_info_bits: float = 0.0,
         weights.
     levels : int, optional
         Number of grid levels; required by ``log_cardinality``.
+    fast : bool
+        Allow an estimate where the exact count is expensive (a step search's candidates);
+        the final rate of a result is always counted exactly.
 
     Returns
     -------
@@ -204,7 +237,7 @@ def measure_rate(codes, metric: str, *, side_info_bits: float = 0.0,
     >>> measure_rate(codes, "column_entropy", side_info_bits=8.0)
     (1.5, array([2., 1.]))
     """
-    _check_metric(metric)
+    check_metric(metric)
     arr = _as_int_array(codes)
     a, n = arr.shape
     side = side_info_bits / (a * n)

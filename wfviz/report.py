@@ -12,9 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from .bundles import LAYER_INPUT_NAMES, LAYER_INPUTS, Bundle
+from .covariance import Covariance
 from .errors import WfvizError
-from .stats import haar_d, rotated_d
-from .theory import gptq_gap_bits
+from .stats import OUTLIER_RATIO, haar_gap, predicted_gap, top_channels
+from .theory import log2_am_gm
+from .validation import count_dead
+
+CLAIM_BITS = 0.1
+"""The paper's threshold: GPTQ after a random rotation within this many bits of WaterSIC."""
+
+TABLE_BASES = ("identity", "hadamard", "act_order")
+"""Bases of the per-layer table (Haar on request: it needs several random draws per layer)."""
 
 PAPER_CLAIM = ("Llama-3-8B (paper): GPTQ with a random rotation is within 0.1 bit of WaterSIC, "
                "depending on layer type.")
@@ -28,10 +36,6 @@ measured gap came out 0.04-0.07 bit below the prediction on every full SmolLM2 l
 thousands of rows it agrees within about 0.02 bit (``tests/test_experiments.py``)."""
 
 
-def _haar_gaps(eigenvalues: np.ndarray, seeds: int) -> np.ndarray:
-    return np.array([gptq_gap_bits(haar_d(eigenvalues, seed=s)) for s in range(seeds)])
-
-
 def layer_gaps(bundle: Bundle, block: int, name: str, *, haar_seeds: int = 5) -> dict:
     """Predicted gaps (bits) of one bundle layer in the identity, Haar and Hadamard bases.
 
@@ -41,13 +45,12 @@ def layer_gaps(bundle: Bundle, block: int, name: str, *, haar_seeds: int = 5) ->
     0.03...
     """
     cov = bundle.layer(block, name)
-    haar = _haar_gaps(cov.eigenvalues, haar_seeds)
+    haar = haar_gap(cov, seeds=haar_seeds)
     return {
         "block": block, "input": name, "n": cov.n, "has_full": cov.is_full,
-        "identity": gptq_gap_bits(rotated_d(cov, "identity", order="gptq")),
-        "hadamard": gptq_gap_bits(rotated_d(cov, "hadamard", order="gptq")),
-        "haar": float(haar.mean()), "haar_std": float(haar.std(ddof=1)) if haar.size > 1 else 0.0,
-        "haar_min": float(haar.min()), "haar_max": float(haar.max()),
+        "identity": predicted_gap(cov, "identity"), "hadamard": predicted_gap(cov, "hadamard"),
+        "haar": haar["mean"], "haar_std": haar["std"], "haar_min": haar["min"],
+        "haar_max": haar["max"],
     }
 
 
@@ -66,7 +69,7 @@ def measured_gap(bundle: Bundle, block: int, name: str, *, rate: float = MEASURE
         ``measured`` (bits), ``raw`` (the uncorrected distortion ratio in bits), and each
         method's ``rate_*`` and ``distortion_*``.
     """
-    from .quantize import quantize
+    from .quantize_layer import quantize
 
     cov = bundle.layer(block, name)
     if not cov.is_full:
@@ -178,3 +181,125 @@ def report_text(report: dict) -> str:
                   for m in report["measured"]]
     lines += ["", f"Compare: {report['paper_claim']}"]
     return "\n".join(lines)
+
+
+def layer_warnings(cov: Covariance, tokens: int | None, notes) -> str:
+    """What is suspicious about one layer's statistics, as one short ``;``-joined line.
+
+    Examples
+    --------
+    >>> layer_warnings(Covariance(eigenvalues=np.array([2.0, 1.0])), 1, [])
+    'only 1 tokens < n: Σ_X is singular'
+    """
+    diag, n = cov.diag, cov.n
+    out = []
+    if tokens is not None and tokens < n:
+        out.append(f"only {tokens} tokens < n: Σ_X is singular")
+    elif tokens is not None and tokens < 4 * n:
+        out.append(f"{tokens / n:.1f} tokens per dimension: small eigenvalues are noisy")
+    if any("negative" in note for note in notes):
+        out.append("negative eigenvalues (clipped)")
+    dead = count_dead(diag)
+    if dead:
+        out.append(f"{dead} dead channels (taken out before any rotation)")
+    if any("damping" in note for note in notes):
+        out.append("Cholesky needed damping")
+    return "; ".join(out)
+
+
+def layer_row(cov: Covariance, *, tokens: int | None = None, haar_seeds: int = 0) -> dict:
+    """One row of the per-layer table: size, spectrum, predicted gaps, dead and outlier
+    channels, and warnings.
+
+    Gaps (bits) are GPTQ-EC's predicted high-rate excess over WaterSIC,
+    ``½ log2(AM(d)/GM(d))`` with GPTQ's ``d``, in each of :data:`TABLE_BASES` the source
+    supports (None where it does not), and with ``haar_seeds`` the Haar mean and spread.
+
+    Examples
+    --------
+    >>> row = layer_row(Covariance(eigenvalues=np.array([4.0, 1.0]), matrix=np.diag([4.0, 1.0])))
+    >>> row["n"], round(row["gap_identity"], 4), row["dead_features"]
+    (2, 0.161, 0)
+    """
+    lam, diag = cov.eigenvalues, cov.diag
+    notes = list(cov.notes)
+    row = {"n": cov.n,
+           "condition_number": float(lam[0] / lam[-1]) if lam[-1] > 0 else None,
+           "am_gm_eigenvalue": 2.0 ** log2_am_gm(lam)}
+    for basis in TABLE_BASES:
+        try:
+            row[f"gap_{basis}"] = predicted_gap(cov, basis, notes=notes)
+        except WfvizError:
+            row[f"gap_{basis}"] = None
+    if haar_seeds:
+        haar = haar_gap(cov, seeds=haar_seeds)
+        row.update(gap_haar=haar["mean"], gap_haar_std=haar["std"])
+    row["dead_features"] = count_dead(diag)
+    row["top_outliers"] = ([] if diag is None else
+                           [int(j) for j in top_channels(diag, 3, min_ratio=OUTLIER_RATIO)])
+    row["warnings"] = layer_warnings(cov, tokens, notes)
+    return row
+
+
+def layer_table(bundle: Bundle, *, haar_seeds: int = 0) -> list[dict]:
+    """:func:`layer_row` of every layer of a bundle, with its block, input and storage.
+
+    Full matrices are not rebuilt (the stored spectra and Cholesky diagonals are enough) except
+    for layers with dead features, whose stored diagonals include them: the predictions use the
+    live features, as every quantizer does.
+
+    Examples
+    --------
+    >>> rows = layer_table(load_bundle("smollm2-135m-wikitext2"))  # doctest: +SKIP
+    >>> len(rows), sorted(rows[0])[:3]  # doctest: +SKIP
+    (120, ['am_gm_eigenvalue', 'block', 'condition_number'])
+    """
+    tokens = bundle.manifest.get("tokens")
+    gptq_order = bundle.manifest.get("format_version", 1) >= 2
+    rows = []
+    for block, name, _, has_full in bundle.layers:
+        cov = bundle.layer(block, name, full=False)
+        if has_full and count_dead(cov.diag):
+            cov = bundle.layer(block, name)
+        rows.append({"block": block, "input": name, "full": has_full, "gptq_order": gptq_order,
+                     **layer_row(cov, tokens=tokens, haar_seeds=haar_seeds)})
+    return rows
+
+
+def claim_summary(rows: list[dict], *, basis: str = "haar", bits: float = CLAIM_BITS) -> dict:
+    """The paper's by-layer-type claim checked on a per-layer table.
+
+    Returns
+    -------
+    dict
+        ``by_type``: input → mean and max gap in ``basis`` and whether each is ≤ ``bits``;
+        ``held`` and ``failed``: the layer types whose mean is (not) within ``bits``;
+        ``worst``: the block, input and gap of the worst layer.
+
+    Examples
+    --------
+    >>> rows = [{"block": 0, "input": "o", "gap_haar": 0.2}, {"block": 1, "input": "o",
+    ...          "gap_haar": 0.05}, {"block": 0, "input": "down", "gap_haar": 0.03}]
+    >>> s = claim_summary(rows)
+    >>> s["held"], s["failed"], s["worst"]["block"]
+    (['down'], ['o'], 0)
+    """
+    key = f"gap_{basis}"
+    usable = [r for r in rows if r.get(key) is not None]
+    if not usable:
+        raise WfvizError(f"No layer has a {basis} gap; add the {basis} predictions first.")
+    by_type = {}
+    for name in sorted({r["input"] for r in usable}, key=_type_order):
+        gaps = np.array([r[key] for r in usable if r["input"] == name])
+        by_type[name] = {"mean": float(gaps.mean()), "max": float(gaps.max()),
+                         "mean_within": bool(gaps.mean() <= bits),
+                         "all_within": bool(gaps.max() <= bits)}
+    worst = max(usable, key=lambda r: r[key])
+    return {"basis": basis, "bits": bits, "by_type": by_type,
+            "held": [k for k, v in by_type.items() if v["mean_within"]],
+            "failed": [k for k, v in by_type.items() if not v["mean_within"]],
+            "worst": {"block": worst["block"], "input": worst["input"], "gap": worst[key]}}
+
+
+def _type_order(name: str) -> int:
+    return LAYER_INPUTS.index(name) if name in LAYER_INPUTS else len(LAYER_INPUTS)

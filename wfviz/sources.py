@@ -15,7 +15,7 @@ keeps the eigenvalues and mixes every channel with every other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +210,65 @@ def _number(text: str, name: str):
         raise WfvizError(f"{name}={text!r} in the synthetic spec is not a number.") from None
 
 
-def _parse_synthetic(body: str) -> Covariance:
+def family_params(family: str, n: int, **params) -> dict:
+    """The parameters of a synthetic family for size ``n``, defaults filled in and checked.
+
+    The app's widgets start from these defaults, so the UI and the library never disagree.
+
+    Examples
+    --------
+    >>> family_params("wishart", 100)
+    {'samples': 200}
+    """
+    _check_choice(family, list(SYNTHETIC_FAMILIES), "synthetic family")
+    return _family_params(family, int(n), params)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed SOURCE string (see :func:`parse_source`).
+
+    Attributes
+    ----------
+    kind : {"file", "bundle", "synthetic"}
+    path : str
+        The file (kind ``file``) or the bundle name (kind ``bundle``).
+    block : int or None
+    layer_input : str or None
+        ``qkv``, ``o``, ``gate_up`` or ``down`` (kind ``bundle``).
+    family : str or None
+    n, seed : int or None
+    basis : str or None
+    params : dict
+        The family's parameters with their defaults filled in (kind ``synthetic``).
+    """
+
+    kind: str
+    path: str = ""
+    block: int | None = None
+    layer_input: str | None = None
+    family: str | None = None
+    n: int | None = None
+    seed: int | None = None
+    basis: str | None = None
+    params: dict = field(default_factory=dict)
+
+    def canonical(self) -> str:
+        """The SOURCE string with every default spelled out.
+
+        Examples
+        --------
+        >>> parse_source("synthetic:ar1?n=8").canonical()
+        'synthetic:ar1?n=8&seed=0&basis=native&rho=0.9'
+        """
+        if self.kind == "synthetic":
+            return _spec_string(self.family, self.n, self.seed, self.basis, self.params)
+        if self.kind == "bundle":
+            return f"bundle:{self.path}/{self.block}/{self.layer_input}"
+        return self.path
+
+
+def _parse_synthetic(body: str) -> SourceSpec:
     family, _, query = body.partition("?")
     _check_choice(family, list(SYNTHETIC_FAMILIES), "synthetic family")
     fields = {}
@@ -222,13 +280,14 @@ def _parse_synthetic(body: str) -> Covariance:
             raise WfvizError(f"The synthetic spec repeats {key!r}; give each parameter once.")
         fields[key] = value
     basis = fields.pop("basis", "native")
-    n = _number(fields.pop("n", "256"), "n")
-    seed = _number(fields.pop("seed", "0"), "seed")
-    params = {k: _number(v, k) for k, v in fields.items()}
-    return synthetic(family, n, seed=seed, basis=basis, **params)
+    _check_choice(basis, BASES, "basis")
+    n = _checked_int(_number(fields.pop("n", "256"), "n"), "n", 1, DEFAULT_MAX_N)
+    seed = _checked_int(_number(fields.pop("seed", "0"), "seed"), "seed", 0, 2**31 - 1)
+    params = _family_params(family, n, {k: _number(v, k) for k, v in fields.items()})
+    return SourceSpec("synthetic", family=family, n=n, seed=seed, basis=basis, params=params)
 
 
-def _load_bundle_layer(body: str) -> Covariance:
+def _parse_bundle(body: str) -> SourceSpec:
     parts = body.rsplit("/", 2)
     if len(parts) != 3 or not all(parts):
         raise WfvizError(f"'bundle:{body}' is malformed; write bundle:<name>/<block>/<input>.")
@@ -237,18 +296,59 @@ def _load_bundle_layer(body: str) -> Covariance:
         block_index = int(block)
     except ValueError:
         raise WfvizError(f"Bundle block {block!r} is not an integer index.") from None
+    return SourceSpec("bundle", path=name, block=block_index, layer_input=layer_input)
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """Parse a SOURCE string without loading anything: the one parser of the grammar.
+
+    Parameters
+    ----------
+    spec : str
+        ``path/to/sigma.npy`` (``.npy``, ``.npz``, ``.pt``, ``.pth``, ``.safetensors``),
+        ``bundle:<name>/<block>/<input>`` or
+        ``synthetic:<family>?n=..&seed=..&basis=..&<param>=..`` (n defaults to 256).
+
+    Returns
+    -------
+    SourceSpec
+
+    Examples
+    --------
+    >>> s = parse_source("bundle:smollm2-135m-wikitext2/15/down")
+    >>> s.kind, s.block, s.layer_input
+    ('bundle', 15, 'down')
+    >>> parse_source("synthetic:wishart?n=64").params
+    {'samples': 128}
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise WfvizError("The source must be a non-empty string: a file path, bundle:... or "
+                         "synthetic:....")
+    spec = spec.strip()
+    if spec.startswith("synthetic:"):
+        return _parse_synthetic(spec[len("synthetic:"):])
+    if spec.startswith("bundle:"):
+        return _parse_bundle(spec[len("bundle:"):])
+    if Path(spec).suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise WfvizError(f"{spec!r} is not a source; give a file ending in "
+                         f"{', '.join(SUPPORTED_EXTENSIONS)}, bundle:<name>/<block>/<input> or "
+                         "synthetic:<family>?n=....")
+    return SourceSpec("file", path=spec)
+
+
+def _load_bundle_layer(spec: SourceSpec) -> Covariance:
     try:
         from .bundles import load_bundle
     except ImportError as exc:
         raise WfvizError("Bundle support (wfviz.bundles) is not available in this "
                          "installation; use a file or synthetic source.") from exc
     try:
-        return load_bundle(name).layer(block_index, layer_input)
+        return load_bundle(spec.path).layer(spec.block, spec.layer_input)
     except WfvizError:
         raise
     except (OSError, KeyError, IndexError, ValueError) as exc:
-        raise WfvizError(f"Could not load bundle layer {body!r} ({exc}); list the available "
-                         "bundles with 'wfviz bundles'.") from exc
+        raise WfvizError(f"Could not load bundle layer {spec.canonical()!r} ({exc}); list the "
+                         "available bundles with 'wfviz bundles'.") from exc
 
 
 def resolve_source(spec: str) -> Covariance:
@@ -269,16 +369,10 @@ def resolve_source(spec: str) -> Covariance:
     >>> resolve_source("synthetic:exponential?n=8&rate=3").source_id
     'synthetic:exponential?n=8&seed=0&basis=native&rate=3.0'
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise WfvizError("The source must be a non-empty string: a file path, bundle:... or "
-                         "synthetic:....")
-    spec = spec.strip()
-    if spec.startswith("synthetic:"):
-        return _parse_synthetic(spec[len("synthetic:"):])
-    if spec.startswith("bundle:"):
-        return _load_bundle_layer(spec[len("bundle:"):])
-    if Path(spec).suffix.lower() not in SUPPORTED_EXTENSIONS:
-        raise WfvizError(f"{spec!r} is not a source; give a file ending in "
-                         f"{', '.join(SUPPORTED_EXTENSIONS)}, bundle:<name>/<block>/<input> or "
-                         "synthetic:<family>?n=....")
-    return load_covariance(spec)
+    parsed = parse_source(spec)
+    if parsed.kind == "synthetic":
+        return synthetic(parsed.family, parsed.n, seed=parsed.seed, basis=parsed.basis,
+                         **parsed.params)
+    if parsed.kind == "bundle":
+        return _load_bundle_layer(parsed)
+    return load_covariance(parsed.path)

@@ -15,9 +15,15 @@ from .covariance import Covariance
 from .errors import WfvizError
 from .rotations import ROTATIONS, get_rotation
 from .theory import cholesky_diag, gptq_gap_bits, log2_am_gm
+from .validation import count_dead, dead_mask
 
-DEAD_FEATURE_RTOL = 1e-3
-"""A channel is dead when its second moment is at most this fraction of the median channel's."""
+OUTLIER_RATIO = 3.0
+"""A channel is called an outlier when E[x_j²] is at least this many times the median."""
+
+HAAR_SEEDS = 5
+"""Haar predictions are the mean (± standard deviation) over this many seeded rotations."""
+
+_MAX_ESCALATED_DAMPING = 0.1
 
 
 def _check_damping(damping) -> float:
@@ -115,6 +121,8 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
     damping = _check_damping(damping)
     table = cov.d_gptq_by_rotation if order == "gptq" else cov.d_by_rotation
     stored = rotation in table and (rotation != "hadamard" or seed == 0)
+    if stored and cov.matrix is not None and count_dead(cov.diag):
+        stored = False  # stored over every feature; the live block is what quantizers see
     if stored and not damping:
         # Bundles store d computed from the exact float64 Σ (Hadamard with seed 0): use it even
         # when the full matrix is there, since it is exact and saves an n³ factorisation.
@@ -123,17 +131,95 @@ def rotated_d(cov: Covariance, rotation: str, *, seed: int = 0, damping: float =
         raise WfvizError(f"{cov.label or 'This Σ_X'} has only an undamped precomputed d for "
                          f"{rotation}; damping needs the full matrix, so use damping 0.")
     if rotation == "eigenbasis":
-        return _eigenbasis_d(cov.eigenvalues, damping)
+        return _eigenbasis_d(live_spectrum(cov.eigenvalues), damping)
     if rotation == "haar":
-        return haar_d(cov.eigenvalues, seed=seed, damping=damping)
+        return haar_d(live_spectrum(cov.eigenvalues), seed=seed, damping=damping)
     if cov.matrix is None and rotation in cov.d_by_rotation:  # a bundle of format 1
         raise WfvizError(f"{cov.label or 'This Σ_X'} stores no {order}-order d for {rotation} "
                          f"and has no full matrix; regenerate its bundle with 'wfviz collect'.")
     if cov.matrix is None:
         raise WfvizError(f"The {rotation} rotation needs the full Σ_X matrix, but "
                          f"{cov.label or 'this source'} has only eigenvalues; load a full matrix.")
-    rotated = get_rotation(rotation, cov.n, seed=seed, sigma=cov.matrix).apply_sigma(cov.matrix)
+    S = live_block(cov.matrix)
+    rotated = get_rotation(rotation, S.shape[0], seed=seed, sigma=S).apply_sigma(S)
     return cholesky_diag(rotated, damping=damping, order=order)
+
+
+def live_block(matrix: np.ndarray) -> np.ndarray:
+    """Σ without its dead features (:func:`wfviz.validation.dead_mask`), as every quantizer
+    sees it before rotating (:func:`wfviz.basis.working_basis`).
+
+    Examples
+    --------
+    >>> live_block(np.diag([2.0, 0.0, 1.0])).tolist()
+    [[2.0, 0.0], [0.0, 1.0]]
+    """
+    live = ~dead_mask(np.diag(matrix))
+    return matrix if live.all() else matrix[np.ix_(live, live)]
+
+
+def live_spectrum(eigenvalues) -> np.ndarray:
+    """The eigenvalues without the null space (the dead-feature rule applied to ``diag(λ)``,
+    the Σ of an eigenvalues-only source).
+
+    Examples
+    --------
+    >>> live_spectrum([4.0, 1.0, 0.0]).tolist()
+    [4.0, 1.0]
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    return lam[~dead_mask(lam)]
+
+
+def predicted_gap(cov: Covariance, rotation: str, *, seed: int = 0, damping: float = 0.0,
+                  notes: list | None = None) -> float:
+    """GPTQ-EC's predicted high-rate gap over WaterSIC (bits) with GPTQ's ``d`` after
+    ``rotation``, on the live features.
+
+    A Cholesky that fails at ``damping`` (a rank-deficient Σ with no dead channel) is retried
+    with ten times more, from 1e-6 up to 0.1 × mean diagonal, as the quantizers do; the damping
+    used is added to ``notes``.
+
+    Examples
+    --------
+    >>> cov = Covariance(eigenvalues=np.array([1.0, 1.0, 0.0]), matrix=np.diag([1.0, 0.0, 1.0]))
+    >>> predicted_gap(cov, "hadamard")
+    0.0
+    """
+    used = float(damping)
+    while True:
+        try:
+            bits = gptq_gap_bits(rotated_d(cov, rotation, seed=seed, damping=used, order="gptq"))
+            break
+        except WfvizError:
+            if cov.matrix is None or used >= _MAX_ESCALATED_DAMPING:
+                raise
+            used = min(max(10 * used, 1e-6), _MAX_ESCALATED_DAMPING)
+    if used != damping and notes is not None:
+        notes.append(f"gap_bits[{rotation}]: Σ is singular in this basis; factored with damping "
+                     f"{used:g} × mean diagonal.")
+    return bits
+
+
+def haar_gap(cov: Covariance, *, seeds: int = HAAR_SEEDS, seed: int = 0,
+             damping: float = 0.0) -> dict:
+    """The Haar prediction as mean, standard deviation, min and max over ``seeds`` rotations
+    (seeded ``seed``, ``seed + 1``, …).
+
+    One random rotation is one draw: at small n or a spiky spectrum two seeds can differ by a
+    tenth of a bit, so every Haar prediction in wfviz is this summary.
+
+    Examples
+    --------
+    >>> h = haar_gap(Covariance(eigenvalues=np.array([4.0, 2.0, 1.0, 0.5])), seeds=3)
+    >>> sorted(h), h["seeds"]
+    (['max', 'mean', 'min', 'seeds', 'std'], 3)
+    """
+    lam = live_spectrum(cov.eigenvalues)
+    gaps = np.array([gptq_gap_bits(haar_d(lam, seed=s, damping=damping))
+                     for s in range(int(seed), int(seed) + int(seeds))])
+    return {"mean": float(gaps.mean()), "std": float(gaps.std(ddof=1)) if gaps.size > 1 else 0.0,
+            "min": float(gaps.min()), "max": float(gaps.max()), "seeds": int(seeds)}
 
 
 def numerical_rank(eigenvalues) -> int:
@@ -167,30 +253,20 @@ def effective_rank(eigenvalues) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def dead_features(diag) -> int | None:
-    """Channels with second moment at most ``DEAD_FEATURE_RTOL`` × the median (None if unknown).
-
-    Examples
-    --------
-    >>> dead_features([1.0, 2.0, 1e-6])
-    1
-    """
-    if diag is None:
-        return None
-    diag = np.asarray(diag, dtype=np.float64)
-    return int(np.count_nonzero(diag <= DEAD_FEATURE_RTOL * np.median(diag)))
-
-
-def _gap_bits(cov: Covariance, damping: float, seed: int, notes: list) -> dict:
-    gaps = {}
+def _gap_bits(cov: Covariance, damping: float, seed: int, notes: list) -> tuple[dict, dict]:
+    gaps, haar = {}, None
     for rotation in ROTATIONS:
         try:
-            gaps[rotation] = gptq_gap_bits(rotated_d(cov, rotation, seed=seed, damping=damping,
-                                                     order="gptq"))
+            if rotation == "haar":
+                haar = haar_gap(cov, seed=seed, damping=damping)
+                gaps[rotation] = haar["mean"]
+            else:
+                gaps[rotation] = predicted_gap(cov, rotation, seed=seed, damping=damping,
+                                               notes=notes)
         except WfvizError as exc:
             gaps[rotation] = None
             notes.append(f"gap_bits[{rotation}]: {exc}")
-    return gaps
+    return gaps, haar
 
 
 def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict:
@@ -210,10 +286,12 @@ def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict
     dict
         ``label``, ``source_id``, ``n``, ``trace``, ``lambda_max``, ``lambda_min``,
         ``condition_number`` (λ_max/λ_min, ``inf`` when λ_min = 0), ``effective_rank`` (entropy
-        definition, see :func:`effective_rank`), ``dead_features`` (see :func:`dead_features`,
-        None when diag Σ is unknown), ``log2_gm_eigenvalue`` (mean log2 λ, ``-inf`` with a zero
-        eigenvalue), ``am_gm_eigenvalue`` (AM(λ)/GM(λ)), ``gap_bits`` (rotation →
-        ``½ log2(AM(d)/GM(d))``, None where it cannot be computed, with the reason in
+        definition, see :func:`effective_rank`), ``dead_features`` (see
+        :func:`wfviz.validation.dead_mask`, None when diag Σ is unknown),
+        ``log2_gm_eigenvalue`` (mean log2 λ, ``-inf`` with a zero eigenvalue),
+        ``am_gm_eigenvalue`` (AM(λ)/GM(λ)), ``gap_bits`` (rotation → ``½ log2(AM(d)/GM(d))``
+        on the live features, GPTQ's order; Haar is the mean over :data:`HAAR_SEEDS` seeds,
+        ``haar_gap`` its summary; None where it cannot be computed, with the reason in
         ``notes``), ``damping``, ``seed`` and ``notes``. Non-finite values stay floats here;
         :func:`json_safe` turns them into None for JSON.
 
@@ -231,6 +309,7 @@ def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict
     with np.errstate(divide="ignore"):
         log2_gm = float(np.mean(np.log2(lam)))
     rank = numerical_rank(lam)
+    gaps, haar = _gap_bits(cov, damping, seed, notes)
     if rank < cov.n:
         notes.append(f"Σ_X has numerical rank {rank} < n = {cov.n} (fewer calibration tokens "
                      f"than features, or linearly dependent channels): {cov.n - rank} "
@@ -246,10 +325,11 @@ def layer_stats(cov: Covariance, *, damping: float = 0.0, seed: int = 0) -> dict
         "condition_number": float(lam[0]) / lam_min if lam_min > 0 else math.inf,
         "effective_rank": effective_rank(lam),
         "numerical_rank": rank,
-        "dead_features": dead_features(cov.diag),
+        "dead_features": count_dead(cov.diag),
         "log2_gm_eigenvalue": log2_gm,
         "am_gm_eigenvalue": 2.0**log2_am_gm_lam,
-        "gap_bits": _gap_bits(cov, damping, seed, notes),
+        "gap_bits": gaps,
+        "haar_gap": haar,
         "damping": float(damping),
         "seed": int(seed),
         "notes": notes,
@@ -318,3 +398,21 @@ def stats_table(stats: dict) -> str:
         lines += [f"{title:<{width}}{value}" for title, value in gaps]
     lines += ["notes:"] + [f"  - {note}" for note in stats["notes"]] if stats.get("notes") else []
     return "\n".join(lines)
+
+
+def top_channels(diag: np.ndarray, k: int = 5, *, min_ratio: float = 0.0) -> np.ndarray:
+    """Channels of the ``k`` largest second moments diag Σ, largest first, keeping only those
+    at least ``min_ratio`` × the median.
+
+    Examples
+    --------
+    >>> top_channels(np.array([1.0, 9.0, 3.0]), 2).tolist()
+    [1, 2]
+    >>> top_channels(np.array([1.0, 9.0, 1.0, 1.0]), 2, min_ratio=3).tolist()
+    [1]
+    """
+    diag = np.asarray(diag, dtype=np.float64)
+    k = min(k, diag.size)
+    top = np.argpartition(-diag, k - 1)[:k]
+    top = top[np.argsort(-diag[top])]
+    return top[diag[top] >= min_ratio * np.median(diag)]

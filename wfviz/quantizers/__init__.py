@@ -1,9 +1,19 @@
-"""The quantization methods, one file each, behind one registry.
+"""The quantization methods, one family per module, behind one registry keyed on config type.
+
+Methods
+    rtn         round to nearest (:class:`RTNConfig`, :func:`quantize_rtn`)
+    gptq        GPTQ on a fixed grid (:class:`GPTQConfig`, :func:`quantize_gptq`)
+    gptq-ec     entropy-coded GPTQ, one step (:class:`GPTQECConfig`, :func:`quantize_gptq_ec`)
+    watersic    WaterSIC (:class:`WaterSICConfig`, :func:`quantize_watersic`)
+Shared parts
+    base        :class:`MethodOutput`, damped Cholesky, loop precision, side information
+    search      the step search of the entropy-coded methods (:func:`search_rates`)
 
 Every method has a frozen config dataclass and a function
 ``quantize_<method>(W, sigma, rate, config, *, rate_metric, progress, cancel, prepared)``
-returning :class:`~wfviz.quantizers.base.MethodOutput`; ``W`` and ``sigma`` are torch tensors
-already in the basis to quantize in. :func:`get_method` looks a method up by its name.
+returning :class:`MethodOutput`; ``W`` and ``sigma`` are torch tensors already in the basis to
+quantize in. :data:`REGISTRY` maps each config class to its :class:`MethodSpec`;
+:func:`get_method` takes a config instance, a config class or a method name.
 """
 
 from __future__ import annotations
@@ -11,10 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-import torch
-
-from ..errors import WfvizError
-from .base import Cancelled, MethodOutput
+from ..errors import Cancelled, WfvizError
+from .base import MethodOutput
 from .gptq import GPTQConfig, GPTQPrepared, prepare_gptq, quantize_gptq
 from .gptq_ec import (
     GPTQECConfig,
@@ -24,14 +32,15 @@ from .gptq_ec import (
     quantize_gptq_ec_rates,
 )
 from .rtn import RTNConfig, quantize_rtn
-
-METHODS = {
-    "rtn": "round to nearest on a symmetric per-row grid of 2^b levels (ignores Σ)",
-    "gptq": "GPTQ (Frantar et al. 2022): SIC error feedback on a symmetric per-row grid",
-    "gptq-ec": "entropy-coded GPTQ: one unclipped step for every column, rate measured",
-    "watersic": "WaterSIC: one step in the whitened domain (waterfilling on the Cholesky diag)",
-}
-"""Method name → one-line description."""
+from .search import RateCurveSearch, search_rates
+from .watersic import (
+    WaterSICConfig,
+    WaterSICPrepared,
+    prepare_watersic,
+    quantize_watersic,
+    quantize_watersic_many,
+    quantize_watersic_rates,
+)
 
 
 @dataclass(frozen=True)
@@ -41,12 +50,15 @@ class MethodSpec:
     Attributes
     ----------
     name : str
+        The method's short name (``"gptq-ec"``).
+    description : str
+        One line for the UI and ``--help``.
     config_cls : type
         The frozen config dataclass.
     quantize : callable
         ``quantize(W, sigma, rate, config, *, rate_metric, progress, cancel, prepared)``.
-    prepare : callable
-        ``prepare(sigma, config)`` → the Σ-only work to reuse across rates, or None.
+    prepare : callable or None
+        ``prepare(sigma, config)`` → the Σ-only work to reuse across rates.
     default_metric : str
         The rate metric used when the caller gives none.
     integer_rates : bool
@@ -54,10 +66,11 @@ class MethodSpec:
     quantize_many : callable or None
         ``quantize_many(problems, rates, config, *, rate_metric, progress, cancel)`` with
         ``problems`` a sequence of ``(W, sigma, prepared)`` → ``[problem][rate]`` outputs,
-        searched together in batched, stacked passes (the entropy-coded methods), or None.
+        searched together in batched, stacked passes (the entropy-coded methods).
     """
 
     name: str
+    description: str
     config_cls: type
     quantize: Callable
     prepare: Callable | None
@@ -71,44 +84,56 @@ class MethodSpec:
 
 
 def _prepare_gptq(sigma, config: GPTQConfig):
-    return prepare_gptq(sigma, config.percdamp, config.act_order,
-                        dtype=getattr(torch, config.precision))
+    from .base import PRECISIONS
+
+    return prepare_gptq(sigma, config.damping, config.act_order,
+                        dtype=PRECISIONS[config.precision], dead_threshold=config.dead_threshold)
 
 
-def _watersic_spec() -> MethodSpec:
-    from .watersic import (
-        WaterSICConfig,
-        prepare_watersic,
-        quantize_watersic,
-        quantize_watersic_many,
-    )
+REGISTRY: dict[type, MethodSpec] = {spec.config_cls: spec for spec in (
+    MethodSpec("rtn", "round to nearest on a symmetric per-row grid of 2^b levels (ignores Σ)",
+               RTNConfig, quantize_rtn, None, "log_cardinality", True),
+    MethodSpec("gptq", "GPTQ (Frantar et al. 2022): SIC error feedback on a symmetric per-row "
+               "grid", GPTQConfig, quantize_gptq, _prepare_gptq, "log_cardinality", True),
+    MethodSpec("gptq-ec", "entropy-coded GPTQ: one unclipped step for every column, rate "
+               "measured", GPTQECConfig, quantize_gptq_ec, prepare_gptq_ec, "column_entropy",
+               False, quantize_gptq_ec_many),
+    MethodSpec("watersic", "WaterSIC: one step in the whitened domain (waterfilling on the "
+               "Cholesky diagonal)", WaterSICConfig, quantize_watersic, prepare_watersic,
+               "column_entropy", False, quantize_watersic_many),
+)}
+"""Config class → :class:`MethodSpec`, built once."""
 
-    return MethodSpec("watersic", WaterSICConfig, quantize_watersic, prepare_watersic,
-                      "column_entropy", False, quantize_watersic_many)
+METHODS = {spec.name: spec.description for spec in REGISTRY.values()}
+"""Method name → one-line description."""
+
+_BY_NAME = {spec.name: spec for spec in REGISTRY.values()}
 
 
-def get_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of a method name (see :data:`METHODS`).
+def get_method(method) -> MethodSpec:
+    """The :class:`MethodSpec` of a config instance, a config class or a method name.
 
     Examples
     --------
     >>> get_method("gptq-ec").default_metric
     'column_entropy'
+    >>> get_method(WaterSICConfig(rescalers=True)).name
+    'watersic'
     """
-    if name == "rtn":
-        return MethodSpec("rtn", RTNConfig, quantize_rtn, None, "log_cardinality", True)
-    if name == "gptq":
-        return MethodSpec("gptq", GPTQConfig, quantize_gptq, _prepare_gptq, "log_cardinality",
-                          True)
-    if name == "gptq-ec":
-        return MethodSpec("gptq-ec", GPTQECConfig, quantize_gptq_ec, prepare_gptq_ec,
-                          "column_entropy", False, quantize_gptq_ec_many)
-    if name == "watersic":
-        return _watersic_spec()
-    raise WfvizError(f"Unknown method {name!r}; use one of {', '.join(METHODS)}.")
+    if isinstance(method, str):
+        if method not in _BY_NAME:
+            raise WfvizError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
+        return _BY_NAME[method]
+    cls = method if isinstance(method, type) else type(method)
+    if cls not in REGISTRY:
+        raise WfvizError(f"{cls.__name__} is not a method config; pass one of "
+                         f"{', '.join(c.__name__ for c in REGISTRY)} or a method name.")
+    return REGISTRY[cls]
 
 
-__all__ = ["METHODS", "Cancelled", "GPTQConfig", "GPTQECConfig", "GPTQPrepared", "MethodOutput",
-           "MethodSpec", "RTNConfig", "get_method", "prepare_gptq", "prepare_gptq_ec",
-           "quantize_gptq", "quantize_gptq_ec", "quantize_gptq_ec_many", "quantize_gptq_ec_rates",
-           "quantize_rtn"]
+__all__ = ["METHODS", "REGISTRY", "Cancelled", "GPTQConfig", "GPTQECConfig", "GPTQPrepared",
+           "MethodOutput", "MethodSpec", "RTNConfig", "RateCurveSearch", "WaterSICConfig",
+           "WaterSICPrepared", "get_method", "prepare_gptq", "prepare_gptq_ec",
+           "prepare_watersic", "quantize_gptq", "quantize_gptq_ec", "quantize_gptq_ec_many",
+           "quantize_gptq_ec_rates", "quantize_rtn", "quantize_watersic",
+           "quantize_watersic_many", "quantize_watersic_rates", "search_rates"]

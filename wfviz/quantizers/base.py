@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,7 +10,20 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ..errors import WfvizError
+from ..errors import Cancelled, WfvizError  # noqa: F401 (Cancelled re-exported)
+
+SIDE_INFO_BITS = 16.0
+"""Bits charged for every stored number of side information (one fp16 scale, step or index)."""
+
+FP32_UNIT_ROUNDOFF = 2.0**-24
+"""Unit roundoff of float32, for the a-priori noise bounds of the column loops."""
+
+DEFAULT_NOISE_LIMIT = 3e-3
+"""Largest float32 noise bound, in steps, that a loop of precision ``"auto"`` accepts
+(:func:`loop_dtype`); noise of ``δ`` steps costs about ``δ²`` of the step² of error."""
+
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+"""Names of the loop precisions a config may ask for (``"auto"`` is decided per pass)."""
 
 POTRF_MIN_N = 3072
 """From this size on, CPU Cholesky factorizations call LAPACK directly (see :func:`cholesky_ex`)."""
@@ -54,10 +68,6 @@ class MethodOutput:
     info: dict = field(default_factory=dict)
 
 
-class Cancelled(Exception):
-    """Raised inside a long loop when the caller's cancel flag is set."""
-
-
 MAX_RELATIVE_DAMPING = 0.1
 """Largest relative damping that :func:`damped_cholesky` escalates to before giving up."""
 
@@ -88,6 +98,64 @@ def cholesky_ex(A: torch.Tensor) -> tuple[torch.Tensor, int]:
     # row-major again is Rᵀ, the lower factor
     c, info = _POTRF[A.dtype](A.numpy().T, lower=False, overwrite_a=False, clean=False)
     return torch.from_numpy(c.T).tril_(), int(info)
+
+
+def loop_dtype(precision: str, noise_limit: float, *, columns: int, ymax_over_step: float,
+               gain: float) -> torch.dtype:
+    """The precision of a SIC column loop: float32 unless its rounding noise could matter.
+
+    ``"auto"`` bounds the float32 rounding noise of a residual target, in units of the step,
+    by ``u·√columns·(ymax/step + gain)`` (``u = 2⁻²⁴``; ``gain`` is how much the feedback can
+    amplify errors already made) and takes float64 when the bound exceeds ``noise_limit``.
+    Noise ``δ`` steps adds about ``δ²`` to a column's ``1/12`` step² of rounding error.
+
+    Examples
+    --------
+    >>> loop_dtype("auto", 3e-3, columns=1024, ymax_over_step=100.0, gain=2.0)
+    torch.float32
+    >>> loop_dtype("auto", 3e-3, columns=1024, ymax_over_step=1e5, gain=2.0)
+    torch.float64
+    """
+    if precision != "auto":
+        return PRECISIONS[precision]
+    bound = FP32_UNIT_ROUNDOFF * math.sqrt(columns) * (ymax_over_step + gain)
+    return torch.float32 if bound <= noise_limit else torch.float64
+
+
+def fp16_value(x: float) -> float:
+    """``x`` rounded to fp16 (what 16 bits of side information store) when fp16 holds it as a
+    normal number; else ``x`` itself.
+
+    Examples
+    --------
+    >>> fp16_value(0.1), fp16_value(1e-9)
+    (0.0999755859375, 1e-09)
+    """
+    half = float(torch.tensor(x, dtype=torch.float16))
+    return half if 2.0**-14 <= abs(half) <= 65504.0 else x
+
+
+def check_damping(damping: float, dead_threshold: float) -> None:
+    """Raise unless ``damping >= 0`` and ``0 <= dead_threshold < 1`` (every config's check)."""
+    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
+        raise WfvizError(f"damping must be a number >= 0 (e.g. 0.01), got {damping!r}.")
+    if not (isinstance(dead_threshold, (int, float)) and math.isfinite(dead_threshold)
+            and 0 <= dead_threshold < 1):
+        raise WfvizError(f"dead_threshold must be in [0, 1) (e.g. 1e-3), got "
+                         f"{dead_threshold!r}.")
+
+
+def check_search(rate_tol: float, max_search_passes: int) -> None:
+    """Raise unless the step search's knobs are usable."""
+    if not (math.isfinite(rate_tol) and rate_tol > 0) or int(max_search_passes) < 2:
+        raise WfvizError(f"rate_tol must be > 0 and max_search_passes >= 2, got {rate_tol} and "
+                         f"{max_search_passes}.")
+
+
+def check_precision(precision: str) -> None:
+    """Raise unless ``precision`` is ``"auto"`` or a name of :data:`PRECISIONS`."""
+    if precision != "auto" and precision not in PRECISIONS:
+        raise WfvizError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}.")
 
 
 def stack_converted(matrices, dtype: torch.dtype, device) -> torch.Tensor:

@@ -2,14 +2,16 @@
 
 The algorithm follows the published one step for step, so that on the same ``W``, ``Σ`` and
 settings it gives the same integer codes as the authors' code (checked against the literal
-re-implementation in ``benchmarks/reference_gptq.py`` by ``tests/test_gptq.py``):
+re-implementation in ``tests/reference/gptq.py`` by ``tests/test_gptq.py``):
 
-1. ``H = 2Σ`` (the factor 2 cancels everywhere); dead columns (``H_ii == 0``) get ``H_ii = 1``
-   and their weights are set to 0; optional *act-order* sorts the columns by descending
-   ``diag H`` (stable sort) and the permutation is undone at the end.
-2. ``H += percdamp · mean(diag H) · I``. The authors take ``U``, the upper Cholesky factor of
-   ``H⁻¹``; here ``H = R Rᵀ`` is factored with ``R`` upper (one Cholesky of ``H`` in reversed
-   order), and ``R⁻¹ = U``. Neither ``H⁻¹`` nor ``U`` is formed.
+1. ``H = 2Σ`` (the factor 2 cancels everywhere); dead columns (``H_ii == 0``: the one rule of
+   :func:`wfviz.validation.dead_mask` with threshold 0) get ``H_ii = 1`` and their weights are
+   set to 0; optional *act-order* sorts the columns by descending ``diag H`` (stable
+   sort) and the permutation is undone at the end.
+2. ``H += damping · mean(diag H) · I`` (the authors' ``percdamp``). The authors take ``U``,
+   the upper Cholesky factor of ``H⁻¹``; here ``H = R Rᵀ`` is factored with ``R`` upper (one
+   Cholesky of ``H`` in reversed order), and ``R⁻¹ = U``. Neither ``H⁻¹`` nor ``U`` is
+   formed.
 3. Columns are decided first to last in lazy blocks of ``block_size``. The authors feed the
    updated column's error ``(x_j − ŵ_j)/U_jj`` to later columns along ``U_j,>j``; unrolled,
    that is ``x_j = w_j + Σ_{k<j} (w_k − ŵ_k) R_kj/R_jj``, which is what :func:`sic_pass`
@@ -45,13 +47,18 @@ from functools import cached_property
 
 import torch
 
-from ..errors import WfvizError, all_finite
-from .base import CancelFn, Cancelled, MethodOutput, ProgressFn, damped_cholesky
-
-SCALE_BITS = 16.0
-"""Bits charged per stored scale (one fp16)."""
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from ..errors import Cancelled, WfvizError
+from ..rates import measure_rate
+from ..validation import check_sigma, check_weights, dead_mask
+from .base import (
+    PRECISIONS,
+    SIDE_INFO_BITS,
+    CancelFn,
+    MethodOutput,
+    ProgressFn,
+    check_damping,
+    damped_cholesky,
+)
 
 SUB_BLOCK = 16
 """Columns per inner block of the SIC loops (see :func:`sic_pass`)."""
@@ -63,8 +70,14 @@ class GPTQConfig:
 
     Attributes
     ----------
-    percdamp : float
-        Relative damping: ``percdamp · mean(diag H)`` is added to the diagonal of ``H = 2Σ``.
+    damping : float
+        Relative damping: ``damping · mean(diag H)`` is added to the diagonal of ``H = 2Σ``
+        (the authors' ``percdamp``).
+    dead_threshold : float
+        Features below this fraction of the median ``Σ_jj`` are dead (see
+        :func:`wfviz.validation.dead_mask`): their weights are zeroed and ``H_jj = 1``. The
+        default 0 is the authors' rule (only ``H_jj = 0`` is dead), so that the codes stay
+        theirs; the entropy-coded methods use :data:`~wfviz.validation.DEAD_THRESHOLD`.
     act_order : bool
         Decide the columns in order of descending ``diag Σ``.
     group_size : int
@@ -78,11 +91,12 @@ class GPTQConfig:
 
     Examples
     --------
-    >>> GPTQConfig(act_order=True).percdamp
+    >>> GPTQConfig(act_order=True).damping
     0.01
     """
 
-    percdamp: float = 0.01
+    damping: float = 0.01
+    dead_threshold: float = 0.0
     act_order: bool = False
     group_size: int = 0
     block_size: int = 128
@@ -90,14 +104,13 @@ class GPTQConfig:
     side_info: bool = True
 
     def __post_init__(self):
-        if not (math.isfinite(self.percdamp) and self.percdamp >= 0):
-            raise WfvizError(f"percdamp must be a number >= 0 (e.g. 0.01), got {self.percdamp}.")
+        check_damping(self.damping, self.dead_threshold)
         if int(self.group_size) != self.group_size or self.group_size < -1:
             raise WfvizError(f"group_size must be 0 (or -1) for none, or a positive integer, got "
                              f"{self.group_size}.")
         if int(self.block_size) != self.block_size or self.block_size < 1:
             raise WfvizError(f"block_size must be a positive integer, got {self.block_size}.")
-        if self.precision not in _DTYPES:
+        if self.precision not in PRECISIONS:
             raise WfvizError(f"precision must be 'float32' or 'float64', got {self.precision!r}.")
 
 
@@ -147,47 +160,20 @@ class GPTQPrepared:
         return float((sq - 1).clamp_min(0).sqrt().max())
 
 
-def check_sigma(sigma, n: int | None = None, *, values: bool = True) -> torch.Tensor:
-    """Return Σ as a float64 tensor after checking its shape and (``values``) its entries.
-
-    Callers that hold a prepared factor of Σ skip the values: preparing checked them, and at
-    a = 256 the n×n pass costs as much as a few columns of the loop.
-    """
-    if not isinstance(sigma, torch.Tensor):
-        raise WfvizError("Σ must be a torch.Tensor here; use wfviz.quantize.quantize for numpy.")
-    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1] or sigma.shape[0] == 0:
-        raise WfvizError(f"Σ must be a non-empty square matrix, got shape {tuple(sigma.shape)}.")
-    if n is not None and sigma.shape[0] != n:
-        raise WfvizError(f"Σ must be {n}×{n} to match W's {n} columns, got "
-                         f"{tuple(sigma.shape)}.")
-    if not values:
-        return sigma
-    s = sigma.to(torch.float64)
-    if not all_finite(s):
-        raise WfvizError("Σ contains NaN or infinite entries; fix the data first.")
-    return s
-
-
-def check_weights(W) -> None:
-    """Raise WfvizError unless W is a finite, non-empty 2-D floating tensor."""
-    if not isinstance(W, torch.Tensor) or W.ndim != 2 or 0 in W.shape:
-        raise WfvizError("W must be a non-empty 2-D torch.Tensor of shape (a, n).")
-    if not W.is_floating_point() or not all_finite(W):
-        raise WfvizError("W must hold finite floating-point numbers; fix the weights first.")
-
-
-def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = False, *,
-                 dtype: torch.dtype = torch.float64):
+def prepare_gptq(sigma: torch.Tensor, damping: float = 0.01, act_order: bool = False, *,
+                 dtype: torch.dtype = torch.float64, dead_threshold: float = 0.0):
     """GPTQ's damped Hessian factor, in the form its error feedback uses (see :func:`sic_pass`).
 
     Parameters
     ----------
     sigma : torch.Tensor, shape (n, n)
         Σ_X in the basis to quantize in.
-    percdamp : float
+    damping : float
         Relative damping of ``H = 2Σ``.
     act_order : bool
         Sort the columns by descending ``diag H`` first.
+    dead_threshold : float
+        Dead-feature threshold (:func:`wfviz.validation.dead_mask`).
     dtype : torch.dtype
         Precision of the factorization. float64 by default (Σ may be ill-conditioned and
         GPTQ-EC's high-rate theory needs ``U`` exactly); GPTQ with a float32 loop factors in
@@ -207,15 +193,15 @@ def prepare_gptq(sigma: torch.Tensor, percdamp: float = 0.01, act_order: bool = 
     s = check_sigma(sigma)
     if dtype != torch.float64:
         try:  # float64 factors what float32 cannot before any damping is added
-            return _prepare(s.to(dtype), percdamp, act_order, escalate=False)
+            return _prepare(s.to(dtype), damping, act_order, dead_threshold, escalate=False)
         except WfvizError:
             pass
-    return _prepare(s, percdamp, act_order)
+    return _prepare(s, damping, act_order, dead_threshold)
 
 
-def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
+def _prepare(s: torch.Tensor, damping: float, act_order: bool, dead_threshold: float, *,
              escalate: bool = True) -> GPTQPrepared:
-    dead = torch.diagonal(s) == 0
+    dead = dead_mask(torch.diagonal(s), dead_threshold)
     perm = None
     if act_order:  # dead columns count as diag H = 1 in the sort, as in the authors' code
         perm = torch.argsort(torch.where(dead, 0.5, torch.diagonal(s)), descending=True,
@@ -232,7 +218,7 @@ def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
     H.mul_(2.0)
     dead_rev = dead.flip(0) if perm is None else dead[perm.flip(0)]
     H[dead_rev, dead_rev] = 1.0
-    L, percdamp_used, damping_abs = damped_cholesky(H, float(percdamp), escalate=escalate)
+    L, damping_used, damping_abs = damped_cholesky(H, float(damping), escalate=escalate)
     del H
     F = L.flip(0, 1)
     del L
@@ -240,7 +226,7 @@ def _prepare(s: torch.Tensor, percdamp: float, act_order: bool, *,
     F.div_(r_diag)
     r_diag = r_diag.to(torch.float64)
     return GPTQPrepared(F=F, r_diag=r_diag, perm=perm, dead=dead, damping_abs=damping_abs,
-                        damping_used=percdamp_used)
+                        damping_used=damping_used)
 
 
 def sym_scale(W: torch.Tensor, levels: int) -> torch.Tensor:
@@ -410,16 +396,6 @@ def check_bits(rate) -> int:
     return int(rate)
 
 
-def measure_codes(codes, rate_metric, side_bits, levels):
-    """``(rate, column_rates)`` of integer codes under ``rate_metric`` plus side information."""
-    from ..rates import RATE_METRICS, measure_rate
-
-    if rate_metric not in RATE_METRICS:
-        raise WfvizError(f"Unknown rate metric {rate_metric!r}; use one of "
-                         f"{', '.join(RATE_METRICS)}.")
-    return measure_rate(codes, rate_metric, side_info_bits=side_bits, levels=levels)
-
-
 def unpermute_columns(x: torch.Tensor, perm) -> torch.Tensor:
     """Put columns decided in the order ``perm`` back in their original places."""
     if perm is None:
@@ -447,7 +423,7 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     progress, cancel : callable, optional
         ``progress(fraction, message)``; ``cancel()`` returning True raises ``Cancelled``.
     prepared : GPTQPrepared, optional
-        :func:`prepare_gptq` of this ``sigma`` with the same ``percdamp`` and ``act_order``.
+        :func:`prepare_gptq` of this ``sigma`` with the same ``damping`` and ``act_order``.
 
     Returns
     -------
@@ -467,10 +443,11 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     bits = check_bits(rate)
     levels = 2**bits
     prep = prepared if prepared is not None else prepare_gptq(
-        sigma, config.percdamp, config.act_order, dtype=_DTYPES[config.precision])
+        sigma, config.damping, config.act_order, dtype=PRECISIONS[config.precision],
+        dead_threshold=config.dead_threshold)
     if prep.n != n:
         raise WfvizError("The prepared GPTQ factor is for another Σ; prepare it again.")
-    dtype = _DTYPES[config.precision]
+    dtype = PRECISIONS[config.precision]
     Wd = W.to(dtype)
     scale0 = sym_scale(Wd, levels)  # before zeroing dead columns, as the authors' code
     if prep.dead.any():
@@ -487,8 +464,8 @@ def quantize_gptq(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     per_column = _column_scales(scales, n, group)
     W_hat = (codes.to(dtype) * per_column).to(W.dtype)
     codes, W_hat = unpermute_columns(codes, prep.perm), unpermute_columns(W_hat, prep.perm)
-    side = SCALE_BITS * scales.numel() if config.side_info else 0.0
-    measured, column_rates = measure_codes(codes, rate_metric, side, levels)
+    side = SIDE_INFO_BITS * scales.numel() if config.side_info else 0.0
+    measured, column_rates = measure_rate(codes, rate_metric, side_info_bits=side, levels=levels)
     info = {"bits": bits, "levels": levels, "damping_abs": prep.damping_abs,
             "damping_used": prep.damping_used,
             "dead_columns": torch.nonzero(prep.dead).flatten().tolist(),

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import CancelFn, MethodOutput, ProgressFn
-from .gptq import SCALE_BITS, check_bits, check_sigma, check_weights, measure_codes, sym_scale
+from ..rates import measure_rate
+from ..validation import check_sigma, check_weights
+from .base import SIDE_INFO_BITS, CancelFn, MethodOutput, ProgressFn
+from .gptq import check_bits, sym_scale
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,9 @@ def quantize_rtn(W: torch.Tensor, sigma: torch.Tensor, rate: float,
     half = levels // 2
     codes = torch.clamp(torch.round(W / scale[:, None]), -half, half - 1)
     W_hat = codes * scale[:, None]
-    side = SCALE_BITS * W.shape[0] if config.side_info else 0.0
-    measured, column_rates = measure_codes(codes.to(torch.int64), rate_metric, side, levels)
+    side = SIDE_INFO_BITS * W.shape[0] if config.side_info else 0.0
+    measured, column_rates = measure_rate(codes.to(torch.int64), rate_metric,
+                                          side_info_bits=side, levels=levels)
     if progress is not None:
         progress(1.0, f"RTN done: {measured:.4f} bits ({rate_metric})")
     return MethodOutput(W_hat=W_hat, codes=codes.to(torch.int64),

@@ -1,16 +1,38 @@
-"""Step search for several target rates on one measured rate curve.
+"""The one step search of the entropy-coded methods (GPTQ-EC, WaterSIC).
 
-Both entropy-coded methods (GPTQ-EC, WaterSIC) have one scalar knob, the step, and a measured
-rate that falls monotonically (up to sampling noise) as ``u = log2 step`` grows, with slope
-≈ −1 bit per doubling at high rate. For a fixed ``W`` and Σ every pass, whatever target it was
-run for, adds a point of the *same* curve, so all targets are searched together: each one
-interpolates between the closest evaluated points that bracket it, or extrapolates from the
-closest point with the local slope, through a quadratic of the three nearest points where that
-is safe (the curve bends at low rate). The methods evaluate one candidate per unfinished target
-in a single stacked pass (rows are independent in the SIC), which amortizes the per-column loop.
+Both methods have one scalar knob, the step, and a measured rate that falls monotonically (up
+to sampling noise) as ``u = log2 step`` grows, with slope ≈ −1 bit per doubling at high rate.
+For a fixed ``W`` and Σ every pass, whatever target it was run for, adds a point of the *same*
+curve, so all targets are searched together (:class:`RateCurveSearch`): each one interpolates
+between the closest evaluated points that bracket it, or extrapolates from the closest point
+with the local slope, through a quadratic of the three nearest points where that is safe (the
+curve bends at low rate).
+
+:func:`search_rates` is the driver both methods run. Every round it evaluates one candidate
+step per unfinished target in a *single* SIC pass, copies of ``W`` stacked side by side (rows
+are independent in the SIC), and several problems with equal shapes (a sweep's rotations) in
+the same loop with a batch axis: the per-column loop overhead is paid once per round. A method
+supplies only its pass (:class:`SearchKernel`). :func:`check_target_rate` is the one meaning
+of a measurable target rate.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import WfvizError
+from ..rates import (
+    FAST_ESTIMATE_METRICS,
+    log2_step_for_entropy,
+    measurable_entropy_bits,
+    measure_rate,
+)
+from .base import loop_dtype, stack_converted, widest_dtype
 
 
 class RateCurveSearch:
@@ -127,3 +149,179 @@ def padded(candidates: list[float], width: int) -> list[float]:
     [1.0, 2.0, 2.0, 2.0]
     """
     return (candidates + candidates[-1:] * width)[:width]
+
+
+def check_target_rate(rate, *, a: int, n: int, m: int, side_bits: float, rate_metric: str,
+                      method: str) -> float:
+    """Validate a target measured rate of an entropy-coded method; returns it as a float.
+
+    The target counts every one of the ``a·n`` weights and the side information; what the
+    codes must carry is the payload ``(rate − side/(a·n))·n/m`` bits per coded column (``m``
+    columns are coded, the rest are dead). A histogram of ``N`` codes cannot read more than
+    ``log2 N`` bits (:func:`~wfviz.rates.measurable_entropy_bits`), so higher payloads are
+    refused rather than searched for in vain.
+
+    Examples
+    --------
+    >>> check_target_rate(3, a=256, n=8, m=8, side_bits=16, rate_metric="column_entropy",
+    ...                   method="GPTQ-EC")
+    3.0
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+            or rate <= 0:
+        raise WfvizError(f"The target rate must be a positive number of bits, got {rate!r}.")
+    if rate_metric == "log_cardinality":
+        raise WfvizError(f"{method}'s codes are unbounded, so its rate must be an entropy or a "
+                         f"coded size, not log_cardinality; use column_entropy, pooled_entropy, "
+                         f"coded_bits or parametric_coded.")
+    floor = side_bits / (a * n)
+    if rate <= floor:
+        raise WfvizError(f"A rate of {rate} bits is not above {method}'s side information of "
+                         f"{floor:.4g} bits per weight; ask for more bits.")
+    payload = (float(rate) - floor) * n / m
+    limit = measurable_entropy_bits(rate_metric, a, m)
+    if payload >= limit:
+        raise WfvizError(f"{rate} bits of {rate_metric} cannot be measured on {a} rows: a "
+                         f"histogram of its codes reads at most {limit:.2f} bits per weight; ask "
+                         f"for fewer bits, use more rows, or count with parametric_coded.")
+    return float(rate)
+
+
+def start_log2_steps(log2_sigma, payloads, a: int, rate_metric: str) -> list[float]:
+    """First guesses of ``log2 step``, from each coded column's residual scale ``log2 σ_j``.
+
+    Every column is modelled as a Gaussian rounded with the step, read as the metric reads it
+    (:func:`~wfviz.rates.log2_step_for_entropy`: the plug-in shortfall of ``a`` codes for
+    ``column_entropy``, one histogram over all columns for ``pooled_entropy``). The feedback,
+    which adds to the residuals' variance at low rate, is left to the search.
+
+    Examples
+    --------
+    >>> [round(u, 2) for u in start_log2_steps(np.zeros(4), [4.0], 10**6, "coded_bits")]
+    [-1.95]
+    """
+    rows = a if rate_metric == "column_entropy" else None
+    return log2_step_for_entropy(np.asarray(log2_sigma, dtype=np.float64), payloads, rows,
+                                 pooled=rate_metric == "pooled_entropy")
+
+
+@dataclass
+class SearchProblem:
+    """One (W, Σ) of a search, as its method prepared it.
+
+    Attributes
+    ----------
+    W : torch.Tensor, shape (a, n)
+        The weights, in the basis of Σ.
+    prep : object
+        The method's Σ-only preparation (factor, order, dead features).
+    factor : torch.Tensor, shape (m, m)
+        The matrix the pass stacks (GPTQ's feedback ``F``, WaterSIC's ``L``).
+    side_bits : float
+        Side information of the whole matrix, in bits.
+    ymax : float
+        Largest residual target the loop can see, for the precision bound.
+    gain : callable
+        ``gain()`` → how much the feedback can amplify errors (computed only when needed).
+    search : RateCurveSearch
+    data : dict
+        What the method's pass needs besides (its decision-order weights, say).
+    passes_run : int
+        Stacked SIC passes this problem took part in.
+    """
+
+    W: torch.Tensor
+    prep: object
+    factor: torch.Tensor
+    side_bits: float
+    ymax: float
+    gain: Callable[[], float]
+    search: RateCurveSearch
+    data: dict = field(default_factory=dict)
+    passes_run: int = 0
+
+    @property
+    def columns(self) -> int:
+        return int(self.factor.shape[-1])
+
+
+@dataclass(frozen=True)
+class SearchKernel:
+    """What a method gives :func:`search_rates`: its name, how a ``u`` becomes the stored step,
+    and its pass.
+
+    ``run(problems, steps, factors, dtype, cancel)`` runs one SIC loop over ``problems`` (equal
+    ``a`` and column count), problem ``i`` with the candidate steps ``steps[i]`` (all of one
+    length), ``factors`` being their :attr:`SearchProblem.factor` stacked in ``dtype``; it
+    returns, per problem, one candidate per step, each with ``.codes`` (an ``(a, n)`` int64
+    tensor) and whatever the method keeps of it.
+    """
+
+    label: str
+    step: Callable[[float], float]
+    run: Callable
+
+
+def search_rates(problems: list[SearchProblem], kernel: SearchKernel, *, max_passes: int,
+                 precision: str, noise_limit: float, rate_metric: str, progress=None,
+                 cancel=None) -> None:
+    """Stacked SIC passes until every target of every problem is met (or passes run out).
+
+    Each problem's :class:`RateCurveSearch` keeps, for every target, its best candidate as
+    ``(candidate, column_rates)``; the padding candidates that even out a group's width are
+    run but not measured.
+    """
+    factors: dict = {}
+    for k in range(max_passes):
+        todo = {i: p.search.pending() for i, p in enumerate(problems)}
+        groups: dict = {}
+        for i in (i for i, t in todo.items() if t):
+            key = (problems[i].W.shape[0], problems[i].columns, problems[i].W.device)
+            groups.setdefault(key, []).append(i)
+        if not groups:
+            break
+        for members in groups.values():
+            _run_group(problems, members, todo, kernel, factors, precision, noise_limit,
+                       rate_metric, single=len(groups) == 1, cancel=cancel)
+        if progress is not None:
+            left = sum(not p.search.done(j) for p in problems
+                       for j in range(len(p.search.targets)))
+            ran = sum(len(t) for t in todo.values())
+            progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 rounds
+                     f"{kernel.label} search round {k + 1}: {ran} step(s) in one loop, "
+                     f"{left} rate(s) still searching ({rate_metric})")
+
+
+def best_of(problem: SearchProblem, i: int, rate_metric: str):
+    """``(u, candidate, rate, column_rates)`` of target ``i``'s best point, its rate counted
+    exactly (the search may have used a fast estimate)."""
+    _, u, measured, (cand, column_rates) = problem.search.best[i]
+    if rate_metric in FAST_ESTIMATE_METRICS:
+        measured, column_rates = measure_rate(cand.codes, rate_metric,
+                                              side_info_bits=problem.side_bits)
+    return u, cand, float(measured), np.asarray(column_rates)
+
+
+def _run_group(problems, members, todo, kernel, factors, precision, noise_limit, rate_metric,
+               *, single, cancel) -> None:
+    width = max(len(todo[i]) for i in members)
+    steps = {i: [kernel.step(u) for u in padded(todo[i], width)] for i in members}
+    dtype = widest_dtype(
+        loop_dtype(precision, noise_limit, columns=problems[i].columns,
+                   ymax_over_step=problems[i].ymax / min(steps[i]), gain=problems[i].gain())
+        for i in members)
+    key = (tuple(members), dtype)
+    if key not in factors:  # the group's factors, stacked and converted once
+        if single:
+            factors.clear()  # a smaller group of unfinished problems replaces the last stack
+        factors[key] = stack_converted([problems[i].factor for i in members], dtype,
+                                       problems[members[0]].factor.device)
+    results = kernel.run([problems[i] for i in members], [steps[i] for i in members],
+                         factors[key], dtype, cancel)
+    for i, candidates in zip(members, results, strict=True):
+        p = problems[i]
+        p.passes_run += 1
+        for u, cand in zip(todo[i], candidates, strict=False):  # the padding is not measured
+            measured, column_rates = measure_rate(cand.codes, rate_metric,
+                                                  side_info_bits=p.side_bits, fast=True)
+            p.search.add(u, measured, (cand, column_rates))

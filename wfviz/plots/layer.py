@@ -1,4 +1,5 @@
-"""Plotly figure builders shared by the pages (numpy in, ``go.Figure`` out, no Streamlit).
+"""Figures of one layer's Σ_X: spectrum, diagonal, heatmaps, the waterfilling vessel, D(R),
+the Cholesky diagonal and per-column rates (numpy in, ``go.Figure`` out).
 
 Large spectra are thinned before plotting (:func:`plot_index`) so that a slider move at
 n = 14336 sends a few thousand points, not tens of thousands; each figure says so in a caption
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+
+from ..stats import OUTLIER_RATIO, top_channels
 
 MAX_BARS = 256
 """Up to this many coordinates the vessel is drawn as bars, one per coordinate."""
@@ -108,24 +111,6 @@ def spectrum_figure(eigenvalues: np.ndarray) -> go.Figure:
                         log_y=True)
 
 
-def top_channels(diag: np.ndarray, k: int = 5, *, min_ratio: float = 0.0) -> np.ndarray:
-    """Channels of the ``k`` largest second moments diag Σ, largest first, keeping only those
-    at least ``min_ratio`` × the median.
-
-    Examples
-    --------
-    >>> top_channels(np.array([1.0, 9.0, 3.0]), 2).tolist()
-    [1, 2]
-    >>> top_channels(np.array([1.0, 9.0, 1.0, 1.0]), 2, min_ratio=3).tolist()
-    [1]
-    """
-    diag = np.asarray(diag, dtype=np.float64)
-    k = min(k, diag.size)
-    top = np.argpartition(-diag, k - 1)[:k]
-    top = top[np.argsort(-diag[top])]
-    return top[diag[top] >= min_ratio * np.median(diag)]
-
-
 def label_positions(x: np.ndarray, extent: float, *, min_gap: float = 0.06) -> list[str]:
     """Text positions for point labels at ``x``: above each point, except that a label closer
     than ``min_gap × extent`` to its left neighbour's goes on the other side (below if the
@@ -145,8 +130,6 @@ def label_positions(x: np.ndarray, extent: float, *, min_gap: float = 0.06) -> l
     return out
 
 
-OUTLIER_RATIO = 3.0
-"""A channel is called an outlier when E[x_j²] is at least this many times the median."""
 
 
 def diagonal_figure(diag: np.ndarray, k: int = 5) -> go.Figure:

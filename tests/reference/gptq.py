@@ -4,7 +4,7 @@ It exists to check ``wfviz.quantizers.gptq`` against the published algorithm: ev
 spelled out with explicit loops and full-matrix operations, nothing is fused or transposed.
 Run it directly to compare codes on random inputs::
 
-    .venv/bin/python benchmarks/reference_gptq.py
+    .venv/bin/python tests/reference/gptq.py
 """
 
 from __future__ import annotations

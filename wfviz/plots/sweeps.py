@@ -1,6 +1,7 @@
-"""Figures of the Quantize page: measured points against the high-rate theory lines.
+"""Figures of a sweep: measured points against the high-rate theory lines.
 
-numpy and sweep rows in, ``go.Figure`` out, no Streamlit. Marker shape = method, colour =
+numpy and sweep points (:class:`~wfviz.experiments.SweepPoint` or their row dicts) in,
+``go.Figure`` out. Marker shape = method, colour =
 rotation; the markers are open and shrink from one rotation to the next, so that points that
 coincide (WaterSIC is basis-free: its points for every rotation sit on top of each other) stay
 visible as concentric rings. Theory lines and measured points are in separate legend groups.
@@ -11,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from pages._figures import CODED, INK, WATER, style_figure
-from wfviz.theory import WATERSIC_GAP_BITS, it_distortion, watersic_distortion
-from wfviz.waterfilling import reverse_waterfill
+from ..theory import WATERSIC_GAP_BITS, it_distortion, watersic_distortion
+from ..waterfilling import reverse_waterfill
+from .layer import CODED, INK, WATER, style_figure
 
 _SYMBOLS = {"watersic": "circle", "gptq-ec": "diamond", "gptq": "square", "rtn": "x"}
 _SIZES = [17, 13, 9, 6, 4]
@@ -22,6 +23,10 @@ _ROTATION_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
 _THEORY = dict(legendgroup="theory", legendgrouptitle=dict(text="High-rate theory"))
 _MEASURED = dict(legendgroup="measured", legendgrouptitle=dict(text="Measured"))
 _GPTQ_FAMILY = ("gptq-ec", "gptq", "rtn")
+
+
+def _rows(points) -> list[dict]:
+    return [p if isinstance(p, dict) else p.as_row() for p in points]
 
 
 def _color(rotations: list[str], rotation: str) -> str:
@@ -51,12 +56,19 @@ def _points(fig: go.Figure, rows: list[dict], rotations: list[str], y_key: str) 
                                 color=_color(rotations, rot))))
 
 
-def gptq_gaps(rows: list[dict], rotations) -> dict[str, float]:
+def gptq_gaps(rows, rotations) -> dict[str, float]:
     """Predicted high-rate gap of entropy-coded GPTQ over WaterSIC (bits) per rotation.
 
     The sweep's own ``predicted_gap_bits`` (GPTQ's column order, GPTQ-EC's damping), so the
     lines agree with the table. Empty when no GPTQ-family method ran (then no line is drawn).
+
+    Examples
+    --------
+    >>> gptq_gaps([{"rotation": "identity", "method": "gptq-ec", "predicted_gap_bits": 0.3}],
+    ...           ["identity"])
+    {'identity': 0.04539999999999994}
     """
+    rows = _rows(rows)
     out = {}
     for rot in rotations:
         pred = [r["predicted_gap_bits"] for r in rows
@@ -73,13 +85,22 @@ def _positive(y: np.ndarray) -> np.ndarray | list:
     return y if np.all(y > 0) else [float(v) if v > 0 else None for v in y]
 
 
-def dr_figure(rows: list[dict], eigenvalues: np.ndarray, gaps: dict[str, float],
-              rate_axis: str, variance: float = 1.0) -> go.Figure:
+def dr_figure(rows, eigenvalues: np.ndarray, gaps: dict[str, float],
+              rate_axis: str, variance: float = 1.0, *, title: str | None = None) -> go.Figure:
     """Measured distortion against the IT limit, WaterSIC and GPTQ-EC high-rate lines (log y).
 
     ``gaps``: rotation → predicted GPTQ-EC − WaterSIC gap in bits (:func:`gptq_gaps`); its
-    line is WaterSIC's times ``2^(2·gap) = AM(d)/GM(d)``.
+    line is WaterSIC's times ``2^(2·gap) = AM(d)/GM(d)``. ``title`` replaces the default one
+    (name the layer there when the figure leaves the app).
+
+    Examples
+    --------
+    >>> rows = [{"method": "watersic", "rotation": "identity", "rate": 3.0, "distortion": 0.02}]
+    >>> fig = dr_figure(rows, np.ones(4), {}, "rate (bits/weight, per-column entropy)")
+    >>> [t.name for t in fig.data][:2]
+    ['IT limit (exact waterfilling)', 'WaterSIC (2πe/12)·GM(λ), any basis']
     """
+    rows = _rows(rows)
     lo = min(r["rate"] for r in rows)
     hi = max(r["rate"] for r in rows)
     grid = np.linspace(max(0.0, lo - 0.25), hi + 0.25, 80)
@@ -98,18 +119,26 @@ def dr_figure(rows: list[dict], eigenvalues: np.ndarray, gaps: dict[str, float],
                                  line=dict(color=_color(rotations, rot),
                                            dash=_DASHES[i % len(_DASHES)], width=1.5)))
     _points(fig, rows, rotations, "distortion")
-    fig = style_figure(fig, "Distortion per weight vs rate: measured points and theory",
+    fig = style_figure(fig, title or "Distortion per weight vs rate: measured points and theory",
                        rate_axis, "D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n) (log)", log_y=True, height=520)
     return _legend_right(fig)
 
 
-def gap_figure(rows: list[dict], gaps: dict[str, float], rate_axis: str,
+def gap_figure(rows, gaps: dict[str, float], rate_axis: str,
                bias: tuple[np.ndarray, np.ndarray, int] | None = None) -> go.Figure:
     """Measured gap to the IT limit in bits, with the high-rate predictions as lines.
 
     ``bias``: ``(rates, bits, rows)``, the plug-in entropy's expected shortfall with that many
-    codes per column (:func:`wfviz.rates.plugin_entropy_bias`); drawn as the WaterSIC line minus it.
+    codes per column (:func:`wfviz.rates.plugin_entropy_bias`); drawn as the WaterSIC line
+    minus it.
+
+    Examples
+    --------
+    >>> rows = [{"method": "watersic", "rotation": "identity", "rate": 3.0, "gap_bits": 0.26}]
+    >>> gap_figure(rows, {}, "rate (bits/weight, per-column entropy)").data[-1].name
+    'watersic · identity'
     """
+    rows = _rows(rows)
     rates = [r["rate"] for r in rows]
     ends = [min(rates) - 0.1, max(rates) + 0.1]
     fig = go.Figure(go.Scatter(x=ends, y=[WATERSIC_GAP_BITS] * 2, mode="lines", **_THEORY,
@@ -144,6 +173,12 @@ def column_rate_figure(measured: np.ndarray, d: np.ndarray, rotation: str) -> go
     average. At high rate the theory is the diagonal ``R̄ + x``; it bends to 0 where a column
     falls below the water. Trace ``"theory"`` holds the sorted theory, ``"measured"`` the
     columns in SIC order.
+
+    Examples
+    --------
+    >>> fig = column_rate_figure(np.array([3.0, 2.0]), np.array([4.0, 1.0]), "identity")
+    >>> [round(float(v), 1) for v in fig.data[0].x]
+    [0.5, -0.5]
     """
     measured = np.asarray(measured, dtype=np.float64)
     d = np.maximum(np.asarray(d, dtype=np.float64), 1e-300)
