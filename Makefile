@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wfviz-installed
 PORT ?= 8501
 
-.PHONY: app test lint bench screenshots bundle chromium clean
+.PHONY: app test test-fast lint bench screenshots bundle chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ app: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The library, CLI and AppTest suites without the real-browser and slow accuracy tests.
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -11,7 +11,10 @@ import streamlit as st
 from pages._ui import ROTATION_NAMES, ensure_frame, installed_bundles, select_source
 from wfviz.bundles import LAYER_INPUT_NAMES, LLAMA3_HINT, load_bundle
 from wfviz.plots import CODED, INK, WATER, style_figure, vessel_figure
+from wfviz.quantizers.watersic import sic_round
+from wfviz.rates import column_entropy_bits
 from wfviz.rotations import get_rotation
+from wfviz.sources import synthetic
 from wfviz.theory import SPACE_FILLING_LOSS, WATERSIC_GAP_BITS, cholesky_diag, gptq_gap_bits
 from wfviz.waterfilling import reverse_waterfill
 
@@ -34,8 +37,7 @@ def _spectrum(n: int, decay: float) -> np.ndarray:
 
 
 def _ar1(n: int, rho: float) -> np.ndarray:
-    idx = np.arange(n)
-    return rho ** np.abs(idx[:, None] - idx[None, :])
+    return synthetic("ar1", n, rho=rho).matrix
 
 
 def _chart(fig: go.Figure, key: str, container=st) -> None:
@@ -153,35 +155,6 @@ def step_waterfilling():
 
 
 # --------------------------------------------------------------------------- 3 · SIC
-def _sic(W: np.ndarray, L: np.ndarray, c: float, feedback: bool):
-    """Quantize W column by column (last to first) on the grids α_j = c / L_jj.
-
-    With ``feedback`` each column's rounding target includes the errors already made in the
-    later columns (successive interference cancellation); without, each column is rounded on
-    its own. Returns the integer codes and the output-domain error (W − Ŵ) L.
-    """
-    n = W.shape[1]
-    codes = np.zeros_like(W)
-    err = np.zeros_like(W)  # W − Ŵ, filled from the last column down
-    for j in range(n - 1, -1, -1):
-        target = W[:, j] * L[j, j]
-        if feedback:
-            target = target + err[:, j + 1:] @ L[j + 1:, j]
-        codes[:, j] = np.rint(target / c)
-        err[:, j] = W[:, j] - codes[:, j] * c / L[j, j]
-    return codes, err @ L
-
-
-def _entropy_bits(codes: np.ndarray) -> float:
-    """Mean over columns of the plug-in entropy of each column's codes."""
-    out = []
-    for col in codes.T:
-        _, counts = np.unique(col, return_counts=True)
-        p = counts / counts.sum()
-        out.append(float(-(p * np.log2(p)).sum()))
-    return float(np.mean(out))
-
-
 def step_sic():
     st.markdown(
         "Write Σ_X = L Lᵀ (Cholesky, L lower). Then the damage is ‖(W−Ŵ)L‖², and column j of "
@@ -201,13 +174,12 @@ def step_sic():
     rate = c2.slider("bits per weight (sets one step c for all columns)", 1.0, 5.0, 3.0, 0.5,
                      key="learn_sic_rate")
     sigma = _ar1(16, rho)
-    L = np.linalg.cholesky(sigma)
     d = cholesky_diag(sigma)
     # High-resolution step for this mean rate: c² = 2πe·GM(d)·2^(−2R) (σ² = 1).
     c = float(np.sqrt(2 * np.pi * np.e * np.exp(np.mean(np.log(d)))) * 2.0 ** (-rate))
     W = np.random.default_rng(0).standard_normal((SIC_ROWS, 16))
-    codes_fb, out_fb = _sic(W, L, c, feedback=True)
-    codes_plain, out_plain = _sic(W, L, c, feedback=False)
+    codes_fb, out_fb = sic_round(W, sigma, c, feedback=True)
+    codes_plain, out_plain = sic_round(W, sigma, c, feedback=False)
     per_fb, per_plain = (out_fb**2).mean(axis=0), (out_plain**2).mean(axis=0)
 
     left, right = st.columns(2)
@@ -230,7 +202,8 @@ def step_sic():
               help=f"D = tr((W−Ŵ)Σ(W−Ŵ)ᵀ)/(a·n): {per_fb.mean():.3g} with SIC, "
                    f"{per_plain.mean():.3g} without.")
     c4.metric("bits per weight with SIC / without",
-              f"{_entropy_bits(codes_fb):.2f} / {_entropy_bits(codes_plain):.2f}",
+              f"{column_entropy_bits(codes_fb).mean():.2f} / "
+              f"{column_entropy_bits(codes_plain).mean():.2f}",
               help=f"Plug-in entropy of each column's {SIC_ROWS} integer codes, averaged.")
     st.caption(f"A {SIC_ROWS} × 16 matrix W with i.i.d. N(0, 1) entries, column j rounded on the "
                "grid c/L_jj, from j = 15 down to 0. With feedback every column's output error is "

@@ -56,7 +56,6 @@ def test_rates_count_every_weight_and_the_dead_indices():
     S = _rank_deficient()
     b = working_basis(torch.randn(16, S.shape[0], dtype=torch.float64), S)
     asked = b.method_rate(3.0, integer_rates=False)
-    assert asked > 3.0 - 1e-12 or asked < 3.0  # defined either way; the round trip is what counts
     assert b.layer_rate(asked) == pytest.approx(3.0, abs=1e-12)
     assert b.layer_rate(4.0) == pytest.approx((4.0 * 16 * 93 + SIDE_INFO_BITS * 3) / (16 * 96))
     assert b.method_rate(4, integer_rates=True) == 4

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wfviz import device as dv
-from wfviz.errors import WfvizError
+from wfviz.errors import ResourceError, WfvizError
 
 
 def test_resolve_cpu_and_auto(monkeypatch):
@@ -72,7 +72,7 @@ def test_cpu_out_of_memory_is_one_clear_sentence():
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough "
                            "memory: you tried to allocate 1644167168 bytes.")
 
-    with pytest.raises(WfvizError, match="ran out of memory") as err:
+    with pytest.raises(ResourceError, match="ran out of memory") as err:
         dv.run_with_oom_fallback(fn, torch.device("cpu"))
     assert "\n" not in str(err.value)
 
@@ -85,6 +85,6 @@ def test_a_gpu_fallback_that_also_exhausts_the_cpu_says_so():
             raise MemoryError()
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(WfvizError, match="ran out of memory"):
+    with pytest.raises(ResourceError, match="ran out of memory"):
         dv.run_with_oom_fallback(fn, torch.device("cuda"), notes.append)
     assert notes == [dv.OOM_NOTICE]

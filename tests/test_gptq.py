@@ -136,3 +136,15 @@ def test_float32_factor_falls_back_to_float64_before_damping_more():
     exact = prepare_gptq(torch.eye(8) * 3, 0.01)
     assert well.F.dtype == torch.float32 and torch.allclose(well.F.double(), exact.F)
     assert torch.allclose(well.r_diag, exact.r_diag, rtol=1e-6)
+
+
+def test_the_timing_reference_is_gptq_too():
+    """benchmarks/bench_quantizers.py times wfviz.quantize against tests/reference/fasterquant:
+    it must compute the same quantizer (float32, as the authors' code)."""
+    import wfviz
+    from reference.fasterquant import fasterquant
+
+    W, S = _problem(dead=(5,))
+    ref, _ = fasterquant(W.float(), (2 * S).float(), 3)
+    ours = wfviz.quantize(W, S, "gptq", rate=3).W_hat
+    assert float((ref.double() - ours).abs().max()) < 1e-5

@@ -10,7 +10,7 @@ import pytest
 from _apptest import no_pages_folder_mode, start  # noqa: F401  (autouse fixture)
 
 from wfviz import jobs
-from wfviz.errors import WfvizError
+from wfviz.errors import ResourceError, WfvizError
 from wfviz.jobs import HeavyGate, HeavyGateTimeout
 
 
@@ -142,7 +142,7 @@ def test_timeout_is_a_wfviz_error_and_cleans_up():
     try:
         with pytest.raises(HeavyGateTimeout, match="still ahead") as err, gate.slot(timeout=0.05):
             pass
-        assert isinstance(err.value, WfvizError)
+        assert isinstance(err.value, ResourceError) and not isinstance(err.value, WfvizError)
         assert gate.waiting == 0
     finally:
         release.set()

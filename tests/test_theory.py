@@ -19,7 +19,6 @@ from wfviz.theory import (
     log2_am_gm,
     watersic_distortion,
 )
-from wfviz.waterfilling import distortion_rate_curve
 
 
 def random_psd(n, seed=0, decay=1.0):
@@ -129,8 +128,10 @@ def test_log2_am_gm_rejects_bad_input(bad):
 def test_it_distortion_is_waterfilling_and_meets_high_rate_formula():
     lam = np.array([4.0, 1.0, 0.25])
     rates = np.array([0.0, 0.5, 2.0, 6.0])
-    np.testing.assert_array_equal(it_distortion(lam, rates, 2.0),
-                                  distortion_rate_curve(lam, rates, 2.0))
+    # Worked by hand with σ²λ = (8, 2, 0.5): at R = 0.5 only two coordinates are above the water
+    # (½log2(16/θ²) = 1.5 gives θ = √2); at 2 and 6 bits all three (θ³ = 8·2^(−6R)).
+    expected = [3.5, (2 * np.sqrt(2) + 0.5) / 3, 0.125, 2.0**-11]
+    np.testing.assert_allclose(it_distortion(lam, rates, 2.0), expected, rtol=1e-12)
     # Above R = ½ log2(GM/λ_min) = ½ log2(1/0.25) = 1 bit every coordinate is above the water.
     high = rates >= 1
     np.testing.assert_allclose(it_distortion(lam, rates, 2.0)[high],

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import WfvizError
 from .quantizers.base import SIDE_INFO_BITS
 from .rotations import Rotation, get_rotation
 from .validation import DEAD_THRESHOLD, dead_mask
@@ -159,6 +160,8 @@ def working_basis(W: torch.Tensor, S: torch.Tensor, rotation: str = "identity", 
         Wr, Sr = rot.apply_layer(W, S)
         return WorkingBasis(S.shape[0], None, rot, Wr, Sr)
     live = torch.nonzero(~dead).flatten()
+    if not live.numel():
+        raise WfvizError("Every feature of Σ has zero variance; there is nothing to quantize.")
     gone = torch.nonzero(dead).flatten()
     S_live = S.index_select(0, live).index_select(1, live)
     rot = get_rotation(rotation, live.numel(), seed=seed, sigma=S_live)

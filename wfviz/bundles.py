@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .covariance import Covariance
 from .errors import WfvizError
@@ -78,6 +77,8 @@ def rebuild_sigma(eigenvalues: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     >>> s.tolist()
     [[2.0, 0.0], [0.0, 1.0]]
     """
+    import torch  # only here: listing bundles needs no torch
+
     # torch's QR is several times faster than numpy's on this kind of machine.
     q = torch.linalg.qr(torch.from_numpy(np.asarray(vectors, dtype=np.float64)))[0].numpy()
     lam = np.asarray(eigenvalues, dtype=np.float64)

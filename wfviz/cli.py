@@ -198,16 +198,25 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
-    """Library notices (:class:`~wfviz.errors.WfvizWarning`) as one ``wfviz:`` line each."""
-    print(f"wfviz: {message}", file=sys.stderr)
+def _notices_as_lines(show):
+    """A ``warnings.showwarning`` that prints library notices as one ``wfviz:`` line each and
+    leaves every other warning to ``show``."""
+    from .errors import WfvizWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, WfvizWarning):
+            print(f"wfviz: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 success, 2 bad input, 1 out of resources)."""
     import warnings
 
-    warnings.showwarning = _show_notice
+    warnings.showwarning = _notices_as_lines(warnings.showwarning)
     try:
         args = _build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)

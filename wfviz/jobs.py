@@ -5,8 +5,8 @@ CPU busy for seconds. :func:`heavy_slot` lets at most ``limit`` such runs go at 
 order they asked; the others wait and are told, through ``on_wait``, how many runs are ahead of
 them, so that a page can say "2 runs ahead of you; waiting…". While any heavy run holds a slot,
 torch's intra-op threads are limited (``threads``), which keeps a core free for the other
-sessions' slider moves: on the 2-core project machine a small sweep was also faster with one
-torch thread than with two (0.6 s against 1.5 s while other jobs shared the cores).
+sessions' slider moves (and on a small machine a sweep is not slower for it; see
+``benchmarks/NOTES.md``).
 
 Configuration, read when the process-wide gate is first used:
 

@@ -155,6 +155,9 @@ def live_block(matrix: np.ndarray) -> np.ndarray:
     [[2.0, 0.0], [0.0, 1.0]]
     """
     live = ~dead_mask(np.diag(matrix))
+    if not live.any():
+        raise WfvizError("Every feature of Σ_X has zero variance; there is no live feature to "
+                         "predict anything for.")
     return matrix if live.all() else matrix[np.ix_(live, live)]
 
 
@@ -168,7 +171,11 @@ def live_spectrum(eigenvalues) -> np.ndarray:
     [4.0, 1.0]
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
-    return lam[~dead_mask(lam)]
+    live = lam[~dead_mask(lam)]
+    if not live.size:
+        raise WfvizError("Every eigenvalue of Σ_X is zero; there is no live direction to predict "
+                         "anything for.")
+    return live
 
 
 def predicted_gap(cov: Covariance, rotation: str, *, seed: int = 0, damping: float = 0.0,

@@ -75,14 +75,12 @@ MAX_RELATIVE_DAMPING = 0.1
 def cholesky_ex(A: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Lower Cholesky factor of a symmetric ``A`` (not modified) and LAPACK's ``info``.
 
-    From n = 3072 on the CPU this calls LAPACK's ``potrf`` through SciPy on the row-major
-    buffer read as column-major (the same matrix, ``A`` being symmetric) and keeps the garbage
-    triangle until one in-place ``tril_``: ``torch.linalg.cholesky_ex`` copies to column-major
-    and back (0.14 s against 0.30 s at n = 4096 in float32 on this project's 2-core machine).
-    Smaller matrices use torch: interleaved with torch's own threaded work, SciPy's BLAS
-    threads and torch's compete, and the pair loses more than potrf saves (float64 right after
-    a torch product: n = 2048, 0.13 s against torch's 0.084 s; n = 3072, 0.18 s against
-    0.22 s). Other devices use torch. ``info > 0`` means not positive definite.
+    From n = :data:`POTRF_MIN_N` on the CPU this calls LAPACK's ``potrf`` through SciPy on the
+    row-major buffer read as column-major (the same matrix, ``A`` being symmetric) and keeps
+    the garbage triangle until one in-place ``tril_``: ``torch.linalg.cholesky_ex`` copies to
+    column-major and back. Smaller matrices use torch, whose threads would compete with
+    SciPy's BLAS threads (timings in ``benchmarks/NOTES.md``). Other devices use torch.
+    ``info > 0`` means not positive definite.
 
     Examples
     --------

@@ -64,7 +64,7 @@ from .watersic_sic import PassResult, live_ymax, stacked_passes, watersic_pass, 
 
 __all__ = ["PassResult", "RescalerFit", "SIDE_INFO_BITS", "WaterSICConfig", "WaterSICPrepared",
            "fit_rescalers", "prepare_watersic", "quantize_watersic", "quantize_watersic_many",
-           "quantize_watersic_rates", "watersic_pass", "watersic_passes"]
+           "quantize_watersic_rates", "sic_round", "watersic_pass", "watersic_passes"]
 
 
 @dataclass(frozen=True)
@@ -318,6 +318,52 @@ def _finish(p: SearchProblem, i: int, config, rate_metric, cancel) -> MethodOutp
     return MethodOutput(W_hat=W_hat, codes=res.codes, scales=scales, rate=measured,
                         rate_metric=rate_metric, column_rates=column_rates,
                         side_info_bits=side_bits, info=info)
+
+
+def sic_round(W, sigma, c: float, *, feedback: bool = True):
+    """Round every column of ``W`` on WaterSIC's grid ``c / L_jj``, with or without SIC.
+
+    The bare mechanism, for teaching: no damping, no gains, no rate search. With ``feedback``
+    the columns are decided last to first and each rounding target includes the errors of the
+    columns already decided (:func:`watersic_pass`), so every column of the output-domain error
+    ``(W − Ŵ) L`` is exactly its own rounding error, at most ``c/2``; without, each column is
+    rounded on its own and the earlier errors leak into the later outputs.
+
+    Parameters
+    ----------
+    W : array_like, shape (a, n)
+    sigma : array_like, shape (n, n)
+        Positive definite Σ_X (``Σ = L Lᵀ``).
+    c : float
+        The whitened step.
+    feedback : bool
+
+    Returns
+    -------
+    codes : ndarray of int, shape (a, n)
+    output_error : ndarray, shape (a, n)
+        ``(W − Ŵ) L``.
+
+    Examples
+    --------
+    >>> S = np.array([[1.0, 0.9], [0.9, 1.0]])
+    >>> W = np.random.default_rng(0).standard_normal((256, 2))
+    >>> _, err = sic_round(W, S, 0.5)
+    >>> bool(np.abs(err).max() <= 0.25 + 1e-12)
+    True
+    """
+    W = torch.as_tensor(np.asarray(W, dtype=np.float64))
+    S = torch.as_tensor(np.asarray(sigma, dtype=np.float64))
+    prep = prepare_watersic(S, WaterSICConfig(damping=0.0, dead_threshold=0.0))
+    L = prep.L
+    if feedback:
+        res = watersic_pass(W, prep, float(c), ls_gain=False, dtype=torch.float64)
+        codes, W_hat = res.codes, res.W_hat
+    else:
+        diag = torch.diagonal(L)
+        codes = torch.round(W * diag / c).to(torch.int64)
+        W_hat = codes.to(torch.float64) * (c / diag)
+    return codes.numpy(), ((W - W_hat) @ L).numpy()
 
 
 def quantize_watersic_rates(W: torch.Tensor, sigma: torch.Tensor, rates,

@@ -66,7 +66,7 @@ class _RescalerProblem:
 
 def _gram(X: torch.Tensor, block: int = 256) -> torch.Tensor:
     """``XᵀX`` from its upper block triangle (the lower one is its transpose): a little over
-    half the flops of one product, 25 % faster at a = n = 2048."""
+    half the flops of one product."""
     n = X.shape[1]
     G = X.new_empty((n, n))
     for i in range(0, n, block):
