@@ -20,10 +20,12 @@ Quantizers and rates
     RATE_METRICS
 Experiments
     sweep, table_to_csv, bundle_report
+Words
+    GLOSSARY, glossary_markdown
 Errors
     WfvizError: the one error type for bad input; its message is one sentence.
 
-See ``docs/architecture.md`` for the module map and ``../shared/docs/theory.md`` for the maths.
+See ``docs/architecture.md`` for the module map and ``docs/theory.md`` for the maths.
 """
 
 from .bundles import list_bundles, load_bundle
@@ -31,6 +33,7 @@ from .covariance import Covariance
 from .covariance_io import load_covariance, save_covariance, validate_covariance
 from .errors import WfvizError
 from .experiments import sweep, table_to_csv
+from .glossary import GLOSSARY, glossary_markdown
 from .quantize import QuantizeResult, quantize
 from .quantizers.gptq import GPTQConfig
 from .quantizers.gptq_ec import GPTQECConfig
@@ -74,4 +77,5 @@ __all__ = [
     "quantize", "rate_axis_label", "resolve_source", "reverse_waterfill", "rotated_d",
     "save_covariance", "sweep", "synthetic", "table_to_csv", "validate_covariance",
     "watersic_distortion",
+    "GLOSSARY", "glossary_markdown",
 ]
