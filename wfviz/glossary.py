@@ -84,7 +84,7 @@ GLOSSARY: OrderedDict[str, str] = OrderedDict([
      r"plus side information. With few rows it reads low, by about "
      r"$(K-1)/(2a\ln 2)$ bits for $K$ levels and $a$ rows, and more at high rate."),
     ("pooled_entropy", r"Rate metric: the empirical entropy of all codes in one histogram, plus "
-     r"$16/a + 16/n$, as the WaterSIC paper counts. It charges for mixing columns of different "
+     r"side information, as the WaterSIC paper counts. It charges for mixing columns of different "
      r"scales, so it reads higher than the per-column entropy."),
     ("coded_bits", r"Rate metric: the length of a real ANS bitstream that is decoded again and "
      r"checked, with each column's table of counts included. With few rows the tables dominate "
