@@ -10,7 +10,7 @@ PORT ?= 8501
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first: otherwise a dependency pulls a multi-GB CUDA build (see DEVELOPERS.md).
+# torch first: otherwise a dependency pulls a multi-GB CUDA build (see README.md).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"

@@ -22,6 +22,8 @@ Experiments
     sweep, iter_sweep, SweepPoint, gap_table, table_to_csv, bundle_report
 Figures (plotly)
     plots: the figure builders of the app
+Words
+    GLOSSARY, glossary_markdown: the terms the app uses, defined in a sentence or three
 Errors
     WfvizError (bad input, one sentence), ResourceError (out of memory, time-outs),
     Cancelled, WfvizWarning
@@ -44,6 +46,7 @@ _EXPORTS = {
     "covariance_io": ("load_covariance", "save_covariance", "validate_covariance"),
     "errors": ("Cancelled", "ResourceError", "WfvizError", "WfvizException", "WfvizWarning"),
     "experiments": ("SweepPoint", "gap_table", "iter_sweep", "sweep", "table_to_csv"),
+    "glossary": ("GLOSSARY", "glossary_markdown"),
     "quantize_layer": ("QuantizeResult", "method_config", "quantize"),
     "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",
                    "quantize_gptq", "quantize_gptq_ec", "quantize_rtn", "quantize_watersic"),
