@@ -17,7 +17,9 @@ Rotations
 Quantizers and rates
     quantize, QuantizeResult, RTNConfig, GPTQConfig, GPTQECConfig, WaterSICConfig,
     measure_rate, column_entropy_bits, pooled_entropy_bits, coded_bits, rate_axis_label,
-    RATE_METRICS
+    RATE_METRICS, parametric_code_length, parametric_coded_bits
+Real weights
+    layer_weights, weights_label, column_entropy_powers, predicted_distortion
 Experiments
     sweep, table_to_csv, bundle_report
 Errors
@@ -41,6 +43,8 @@ from .rates import (
     coded_bits,
     column_entropy_bits,
     measure_rate,
+    parametric_code_length,
+    parametric_coded_bits,
     pooled_entropy_bits,
     rate_axis_label,
 )
@@ -52,15 +56,18 @@ from .theory import (
     SPACE_FILLING_LOSS,
     WATERSIC_GAP_BITS,
     cholesky_diag,
+    column_entropy_powers,
     gap_bits,
     gptq_ec_distortion,
     gptq_gap_bits,
     highrate_it_distortion,
     it_distortion,
     log2_am_gm,
+    predicted_distortion,
     watersic_distortion,
 )
 from .waterfilling import distortion_rate_curve, reverse_waterfill
+from .weights import layer_weights, weights_label
 
 __version__ = "0.1.0"
 
@@ -68,6 +75,8 @@ __all__ = [
     "Covariance", "GPTQConfig", "GPTQECConfig", "QuantizeResult", "RATE_METRICS", "ROTATIONS",
     "RTNConfig", "SPACE_FILLING_LOSS", "SYNTHETIC_FAMILIES", "WATERSIC_GAP_BITS", "WaterSICConfig",
     "WfvizError", "bundle_report", "cholesky_diag", "coded_bits", "column_entropy_bits",
+    "column_entropy_powers", "layer_weights", "parametric_code_length", "parametric_coded_bits",
+    "predicted_distortion", "weights_label",
     "distortion_rate_curve", "gap_bits", "get_rotation", "gptq_ec_distortion", "gptq_gap_bits",
     "hadamard_matrix", "highrate_it_distortion", "it_distortion", "layer_stats", "list_bundles",
     "load_bundle", "load_covariance", "log2_am_gm", "measure_rate", "pooled_entropy_bits",

@@ -265,23 +265,25 @@ class ParametricStream:
         return 32.0 * self.words.size
 
 
-def _magnitude_histogram(arr: np.ndarray, support: int):
+def _magnitude_histogram(arr: np.ndarray, support: int, clip: bool):
     """Counts of ``+m`` and ``−m`` per column for ``m = 0..min(max|code|, support)``.
 
     Returns ``(pos, neg, m, start)``: flat over the columns' dense ranges one after another
-    (``|code|`` clipped to ``support``), ``pos`` counting the zeros, and where each column's
-    range starts.
+    (``|code|`` clipped to ``support`` when ``clip``), ``pos`` counting the zeros, and where
+    each column's range starts.
     """
-    mag = np.abs(arr)
-    top = np.minimum(mag.max(axis=0), support)
-    lengths = top + 1
+    src = np.clip(arr, -support, support) if clip else arr
+    n = arr.shape[1]
+    # One buffer for |code| that then becomes the cell index in place: every (a, n) temporary
+    # costs page faults that outweigh the arithmetic.
+    dtype = np.int32 if 2 * n * (support + 1) < 2**31 else np.int64
+    idx = np.absolute(src, out=np.empty(arr.shape, dtype), casting="unsafe")
+    lengths = idx.max(axis=0).astype(np.int64) + 1
     start = np.cumsum(lengths) - lengths
     total = int(lengths.sum())
-    dtype = np.int32 if 2 * total < 2**31 else np.int64
-    idx = (np.minimum(mag, support, out=mag) if mag.max() > support else mag).astype(dtype)
     idx += start.astype(dtype)
-    idx *= 2
-    idx += arr < 0
+    idx <<= 1
+    idx += src < 0
     counts = np.bincount(idx.ravel(order="K"), minlength=2 * total).reshape(total, 2)
     m = np.arange(total) - np.repeat(start, lengths)
     return counts[:, 0], counts[:, 1], m, start
@@ -327,11 +329,18 @@ def _as_fp16(scales: np.ndarray) -> np.ndarray:
 
 def _upper_tails(family: int, half: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``1 − F(m + ½)`` of the centred model (``half = m + ½``, per-entry scale), as
-    constriction evaluates ``F(−m − ½)``."""
+    constriction evaluates ``F(−m − ½)``; computed in one buffer."""
+    from scipy.special import erfc
+
+    z = np.divide(half, scale)
     if family == 0:
-        z = torch.from_numpy(half / (scale * math.sqrt(2.0)))
-        return 0.5 * torch.special.erfc(z).numpy()
-    return 0.5 * np.exp(-half / scale)
+        z *= 1.0 / math.sqrt(2.0)
+        erfc(z, out=z)
+    else:
+        np.negative(z, out=z)
+        np.exp(z, out=z)
+    z *= 0.5
+    return z
 
 
 def _family_bits(tail: np.ndarray, pos, neg, start: np.ndarray, edges: np.ndarray,
@@ -346,27 +355,34 @@ def _family_bits(tail: np.ndarray, pos, neg, start: np.ndarray, edges: np.ndarra
     """
     one = float(1 << ANS_PRECISION)
     free = one - (2 * support + 1)
-    f_lo = np.floor(free * tail)          # ⌊free·F(−m − ½)⌋
-    f_hi = np.floor(free - free * tail)   # ⌊free·F(m + ½)⌋
+    f_lo = np.floor(free * tail)                  # ⌊free·F(−m − ½)⌋
+    f_hi = np.subtract(1.0, tail)                 # F(m + ½), rounded to 1 as constriction does
+    f_hi *= free
+    np.floor(f_hi, out=f_hi)                      # ⌊free·F(m + ½)⌋
     q_pos = np.empty_like(tail)
-    np.subtract(f_hi[1:], f_hi[:-1], out=q_pos[1:])  # m ≥ 1: F(m + ½) − F(m − ½)
-    q_pos[start] = f_hi[start] - f_lo[start]          # m = 0: F(½) − F(−½)
+    np.subtract(f_hi[1:], f_hi[:-1], out=q_pos[1:])  # +m, m ≥ 1: F(m + ½) − F(m − ½)
+    q_pos[start] = f_hi[start] - f_lo[start]          # +0: F(½) − F(−½)
     q_pos += 1.0
-    q_neg = np.ones_like(tail)
-    q_neg[1:] += f_lo[:-1] - f_lo[1:]                 # −m: F(−m + ½) − F(−m − ½)
+    q_neg = np.empty_like(tail)
+    np.subtract(f_lo[:-1], f_lo[1:], out=q_neg[1:])  # −m: F(−m + ½) − F(−m − ½)
+    q_neg += 1.0
     q_neg[start] = 1.0                                # no −0: any positive mass will do
     q_pos[edges] = one - f_hi[edges - 1] - 2 * support
     q_neg[edges] = f_lo[edges - 1] + 1.0
-    log_q = np.log2(q_pos) * pos + np.log2(q_neg) * neg
-    return ANS_PRECISION * np.add.reduceat(pos + neg, start) - np.add.reduceat(log_q, start)
+    np.log2(q_pos, out=q_pos)
+    q_pos *= pos
+    np.log2(q_neg, out=q_neg)
+    q_neg *= neg
+    q_pos += q_neg
+    return ANS_PRECISION * np.add.reduceat(pos + neg, start) - np.add.reduceat(q_pos, start)
 
 
 def _fit_parametric(arr: np.ndarray) -> tuple[ParametricModels, np.ndarray]:
     """Per-column models and each column's ideal payload bits under them (see caller)."""
     a, n = arr.shape
-    bound = int(np.abs(arr).max())
+    bound = max(int(arr.max()), -int(arr.min()))
     support = min(max(bound, 1), MAX_SUPPORT)
-    pos, neg, m, start = _magnitude_histogram(arr, support)
+    pos, neg, m, start = _magnitude_histogram(arr, support, clip=bound > MAX_SUPPORT)
     count = (pos + neg).astype(np.float64)
     half = m + 0.5
     abs_sum = np.add.reduceat(count * m, start)
