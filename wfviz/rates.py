@@ -262,6 +262,7 @@ class ParametricStream:
 
     @property
     def payload_bits(self) -> float:
+        """Size of the ANS words (32 bits each), the side information excluded."""
         return 32.0 * self.words.size
 
 
@@ -419,7 +420,8 @@ def parametric_code_length(codes) -> CodedSize:
 
     The bits that :func:`parametric_coded_bits` would produce, computed from per-column
     histograms of ``|code|`` without running the coder: every column's models are fitted
-    (Gaussian scale by the rounded second moment, Laplace ``b`` by maximum likelihood), rounded
+    (Gaussian scale from the second moment of the rounded values, Laplace ``b`` by maximum
+    likelihood of the rounded Laplace; both closed forms on the histogram), rounded
     to fp16, and the code length ``−Σ log2 q(k)`` is summed with exactly the 24-bit
     probabilities ``q`` constriction uses; each column keeps the shorter family. It misses
     only the ANS stream's termination (at most 64 bits per matrix).
@@ -495,9 +497,10 @@ def encode_parametric(codes) -> ParametricStream:
     exceeds :data:`MAX_SUPPORT` are sent as ``±S`` followed by ``|k| − S`` in
     ``ParametricModels.escape_bits`` raw bits, after all columns.
 
-    No mean parameter: the columns of quantized weight matrices are centred (SmolLM2's real
-    layers have median ``|mean|/std`` ≈ 0.025, which costs about 0.001 bit per weight, less
-    than 16 bits per column would).
+    No mean parameter: the columns of weight matrices are centred. In SmolLM2's blocks 0, 15
+    and 29 the median ``|mean|/std`` of a column is about 0.025 (sampling noise at 576–3072
+    rows); centring the model at 0 costs 0.001–0.005 bit per weight there, less than a 16-bit
+    mean per column would (0.005–0.03 bit per weight).
 
     Examples
     --------
@@ -506,16 +509,14 @@ def encode_parametric(codes) -> ParametricStream:
     >>> np.array_equal(decode_parametric(stream), codes)
     True
     """
-    import constriction
-
     arr = _as_int_array(codes)
-    models, _ = _fit_parametric(arr)
-    return _encode(arr, models, constriction.stream.stack.AnsCoder())
+    return _encode(arr, _fit_parametric(arr)[0])
 
 
-def _encode(arr: np.ndarray, models: ParametricModels, coder) -> ParametricStream:
+def _encode(arr: np.ndarray, models: ParametricModels) -> ParametricStream:
     import constriction
 
+    coder = constriction.stream.stack.AnsCoder()
     support = models.support
     flat = arr.T.reshape(-1)  # column after column
     symbols = (np.sign(flat) * np.minimum(np.abs(flat), support)).astype(np.int32)
@@ -578,11 +579,9 @@ def parametric_coded_bits(codes) -> CodedSize:
     >>> 0 <= real.payload_bits - fast.payload_bits <= 64
     True
     """
-    import constriction
-
     arr = _as_int_array(codes)
     models, column_payload = _fit_parametric(arr)
-    stream = _encode(arr, models, constriction.stream.stack.AnsCoder())
+    stream = _encode(arr, models)
     if not np.array_equal(decode_parametric(stream), arr):
         raise RuntimeError("ANS round trip failed: the decoded codes differ from the input.")
     return _parametric_size(models, column_payload, stream.payload_bits)
