@@ -141,8 +141,9 @@ def test_float32_factor_falls_back_to_float64_before_damping_more():
 def test_the_timing_reference_is_gptq_too():
     """benchmarks/bench_quantizers.py times wfviz.quantize against tests/reference/fasterquant:
     it must compute the same quantizer (float32, as the authors' code)."""
-    import wfviz
     from reference.fasterquant import fasterquant
+
+    import wfviz
 
     W, S = _problem(dead=(5,))
     ref, _ = fasterquant(W.float(), (2 * S).float(), 3)

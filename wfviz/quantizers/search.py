@@ -323,5 +323,5 @@ def _run_group(problems, members, todo, kernel, factors, precision, noise_limit,
         p.passes_run += 1
         for u, cand in zip(todo[i], candidates, strict=False):  # the padding is not measured
             measured, column_rates = measure_rate(cand.codes, rate_metric,
-                                                  side_info_bits=p.side_bits, fast=True)
+                                                  side_info_bits=p.side_bits, exact=False)
             p.search.add(u, measured, (cand, column_rates))
