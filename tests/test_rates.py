@@ -205,10 +205,12 @@ def test_parametric_fast_and_exact_agree_within_a_stream_termination():
     fast, exact = parametric_code_length(codes), parametric_coded_bits(codes)
     assert 0 <= exact.payload_bits - fast.payload_bits <= 64
     assert exact.table_bits == fast.table_bits
-    rate_fast, cols_fast = measure_rate(codes, "parametric_coded", exact=False)
-    rate_exact, cols_exact = measure_rate(codes, "parametric_coded")
-    assert 0 <= (rate_exact - rate_fast) * codes.size <= 64
-    np.testing.assert_allclose(cols_exact, cols_fast, atol=64 / 256)
+    # the rate wfviz reports is the bound: ideal length + the 64-bit termination, never below
+    # the real stream and at most 64 bits above it
+    rate_bound, cols_bound = measure_rate(codes, "parametric_coded")
+    rate_exact, cols_exact = measure_rate(codes, "parametric_coded", exact=True)
+    assert 0 <= (rate_bound - rate_exact) * codes.size <= 64 + 1e-6
+    np.testing.assert_allclose(cols_exact, cols_bound, atol=64 / 256)
 
 
 def test_parametric_picks_the_family_of_the_data_and_stores_fp16_scales():

@@ -6,9 +6,13 @@ of the table compares the measured distortion with the information-theoretic lim
 Σ with the per-entry variance ``σ² = mean(W²)`` (the theory's model is rows i.i.d.
 ``N(0, σ² I)``), and ``gap_bits = ½ log2(distortion / it_limit)``.
 
-``predicted_gap_bits`` is the high-rate theory: WaterSIC ``½ log2(2πe/12) ≈ 0.2546`` in every
-basis; entropy-coded GPTQ that plus ``½ log2(AM(d)/GM(d))`` with ``d_j = Var(X_j | X_{j+1..})``
-in the rotated basis, i.e. ``1/U_jj²`` of the GPTQ factor (damped as GPTQ-EC's default, 1e-4).
+``predicted_gap_bits`` is the high-rate theory of the gap at the *payload* rate
+(``payload_gap_bits``: the rate minus the side information, which is O(1/a) and which the
+theory ignores): WaterSIC ``½ log2(2πe/12) ≈ 0.2546`` in every basis; entropy-coded GPTQ that
+plus ``½ log2(AM(d)/GM(d))`` with ``d_j = Var(X_j | X_{j+1..})`` in the rotated basis, i.e.
+``1/U_jj²`` of the GPTQ factor (damped as GPTQ-EC's default, 1e-4). For weights that are
+given (real layers, not the theory's Gaussian rows), each rotated column's entropy power
+enters next to ``d_j`` (``docs/theory.md`` §7).
 That is the Cholesky diagonal of Σ in *reversed* column order, because GPTQ decides the columns
 first to last; its geometric mean is the same as in natural order but its AM is not. For GPTQ
 and RTN, whose rate is a grid's, the same GPTQ-EC formula is given as a reference only (column
@@ -45,9 +49,18 @@ from .quantizers import get_method
 from .quantizers.base import cholesky_ex
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
-from .rates import RATE_METRICS, column_entropy_bits
+from .quantizers.watersic import WaterSICConfig
+from .rates import RATE_METRICS, column_entropy_bits, model_side_bits
 from .rotations import ROTATIONS
-from .theory import WATERSIC_GAP_BITS, gptq_gap_bits, it_distortion
+from .theory import (
+    WATERSIC_GAP_BITS,
+    cholesky_diag,
+    column_entropy_powers,
+    gptq_ec_distortion_from_entropy,
+    gptq_gap_bits,
+    it_distortion,
+    watersic_distortion_from_entropy,
+)
 from .validation import as_float64, check_weights
 
 _ENTROPY_METHODS = ("gptq-ec", "watersic")
@@ -74,8 +87,13 @@ class SweepPoint:
         weights' per-entry variance.
     gap_bits : float
         ``½ log2(distortion / it_limit)``.
+    side_bits : float
+        Side information in bits per weight: the method's (scales, steps, dead indices) and the
+        metric's own model (``parametric_coded``). It is O(1/a) and the theory ignores it.
+    payload_gap_bits : float
+        The gap at the payload rate ``rate − side_bits``: what the high-rate theory predicts.
     predicted_gap_bits : float
-        The high-rate prediction (see the module docstring).
+        The high-rate prediction of ``payload_gap_bits`` (see the module docstring).
     prediction : str
         What kind of prediction it is.
     time_s : float
@@ -95,6 +113,8 @@ class SweepPoint:
     relative_distortion: float
     it_limit: float
     gap_bits: float
+    side_bits: float
+    payload_gap_bits: float
     predicted_gap_bits: float
     prediction: str
     time_s: float
@@ -214,6 +234,7 @@ class _Basis:
     d: np.ndarray | None
     ec_prep: GPTQPrepared | None  # GPTQ-EC's factor, dropped once GPTQ-EC has run
     ec_prep_s: float
+    entropy_powers: np.ndarray | None = None  # of the columns of given (real) weights
 
 
 @dataclass(frozen=True)
@@ -230,6 +251,7 @@ class _Sweep:
     variance: float
     cancel: object
     keep_columns: bool
+    given_weights: bool
 
 
 def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
@@ -237,7 +259,25 @@ def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
     start = time.perf_counter()
     ec_prep = prepare_gptq_ec(wb.S) if "gptq-ec" in ctx.methods else None
     ec_prep_s = time.perf_counter() - start
-    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep), ec_prep, ec_prep_s)
+    powers = (column_entropy_powers(wb.W.cpu().numpy()) if ctx.given_weights else None)
+    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep), ec_prep, ec_prep_s, powers)
+
+
+def _real_weight_prediction(ctx: _Sweep, method: str, b: _Basis, payload: float) -> float:
+    """Predicted high-rate gap (bits) of given, non-Gaussian weights at the payload rate:
+    each column's entropy power enters next to ``d_j`` (``docs/theory.md`` §7), measured
+    against the IT limit of Gaussian rows of the same variance."""
+    m, n = b.wb.m, b.wb.n
+    rate_live = payload * n / m
+    if method == "watersic":
+        d = cholesky_diag(b.wb.S.cpu().numpy(), damping=WaterSICConfig().damping)
+        D = watersic_distortion_from_entropy(b.entropy_powers, d, rate_live)
+    elif method in ("gptq-ec", "gptq", "rtn") and b.d is not None:
+        D = gptq_ec_distortion_from_entropy(b.entropy_powers, b.d, rate_live)
+    else:
+        return math.nan
+    it = float(it_distortion(ctx.lam, payload, variance=ctx.variance))
+    return 0.5 * math.log2(float(D) * m / n / it) if it > 0 and D > 0 else math.nan
 
 
 def _method_points(ctx: _Sweep, spec, bases: list[_Basis], progress) -> list[list[tuple]]:
@@ -293,14 +333,26 @@ def _kept(method: str, out) -> dict:
     return kept
 
 
+def _gap(distortion: float, it: float) -> float:
+    return 0.5 * math.log2(distortion / it) if distortion > 0 and it > 0 else math.nan
+
+
 def _point(ctx: _Sweep, method, b: _Basis, target, out, distortion, seconds) -> SweepPoint:
     rate = b.wb.layer_rate(float(out.rate))
+    a, m = out.codes.shape
+    side = ((out.side_info_bits + b.wb.dead_side_bits) / (a * b.wb.n)
+            + model_side_bits(out.rate_metric, a, m) * m / b.wb.n)
     it = float(it_distortion(ctx.lam, rate, variance=ctx.variance))
+    payload_it = float(it_distortion(ctx.lam, max(rate - side, 0.0), variance=ctx.variance))
     predicted, kind = _predicted(method, b.d)
-    gap = 0.5 * math.log2(distortion / it) if distortion > 0 and it > 0 else math.nan
+    if b.entropy_powers is not None:
+        predicted, kind = _real_weight_prediction(ctx, method, b, rate - side), \
+            "high-rate theory, these weights' entropy powers"
     return SweepPoint(method=method, rotation=b.label, target_rate=float(target), rate=rate,
                       rate_metric=out.rate_metric, distortion=distortion,
-                      relative_distortion=distortion / b.energy, it_limit=it, gap_bits=gap,
+                      relative_distortion=distortion / b.energy, it_limit=it,
+                      gap_bits=_gap(distortion, it), side_bits=side,
+                      payload_gap_bits=_gap(distortion, payload_it),
                       predicted_gap_bits=predicted, prediction=kind, time_s=seconds,
                       columns=_kept(method, out) if ctx.keep_columns else None)
 
@@ -400,7 +452,7 @@ def iter_sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int =
     S = bases[0][0]
     W64 = _weights(W, rows, S.shape[0], seed)
     ctx = _Sweep(W64, methods, rotations, rates, rate_metric, seed, _eigenvalues(sigma, S),
-                 float((W64**2).mean()), cancel, keep_columns)
+                 float((W64**2).mean()), cancel, keep_columns, W is not None)
     dev = float64_device(resolve_device(device), notice)
     todo = list(zip(bases, rotations, strict=True))
     groups = [todo] if S.shape[0] <= BATCH_MAX_N else [[item] for item in todo]
