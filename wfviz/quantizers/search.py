@@ -19,6 +19,7 @@ of a measurable target rate.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -273,6 +274,7 @@ def search_rates(problems: list[SearchProblem], kernel: SearchKernel, *, max_pas
     """
     factors: dict = {}
     for k in range(max_passes):
+        poll = _heartbeat(cancel, progress, k, problems, kernel.label, rate_metric)
         todo = {i: p.search.pending() for i, p in enumerate(problems)}
         groups: dict = {}
         for i in (i for i, t in todo.items() if t):
@@ -282,7 +284,7 @@ def search_rates(problems: list[SearchProblem], kernel: SearchKernel, *, max_pas
             break
         for members in groups.values():
             _run_group(problems, members, todo, kernel, factors, precision, noise_limit,
-                       rate_metric, single=len(groups) == 1, cancel=cancel)
+                       rate_metric, single=len(groups) == 1, cancel=poll)
         if progress is not None:
             left = sum(not p.search.done(j) for p in problems
                        for j in range(len(p.search.targets)))
@@ -290,6 +292,31 @@ def search_rates(problems: list[SearchProblem], kernel: SearchKernel, *, max_pas
             progress(0.8 * (1 - 0.5 ** (k + 1)),  # a typical search needs 2-4 rounds
                      f"{kernel.label} search round {k + 1}: {ran} step(s) in one loop, "
                      f"{left} rate(s) still searching ({rate_metric})")
+
+
+HEARTBEAT_S = 0.5
+"""Longest time between two progress reports while a pass runs (it polls once per block)."""
+
+
+def _heartbeat(cancel, progress, k: int, problems, label: str, rate_metric: str):
+    """The ``cancel`` the loops poll once per block of columns, reporting progress on the way
+    (at most every :data:`HEARTBEAT_S`), so that a long pass still shows it is moving."""
+    if progress is None:
+        return cancel
+    blocks = max(1, max(math.ceil(p.columns / 128) for p in problems))
+    state = {"calls": 0, "last": time.monotonic()}
+
+    def poll() -> bool:
+        state["calls"] += 1
+        now = time.monotonic()
+        if now - state["last"] >= HEARTBEAT_S:
+            state["last"] = now
+            inner = min(state["calls"] / blocks, 0.99)
+            progress(0.8 * (1 - 0.5 ** (k + inner)),
+                     f"{label} search round {k + 1}: pass {inner:.0%} done ({rate_metric})")
+        return cancel is not None and cancel()
+
+    return poll
 
 
 def best_of(problem: SearchProblem, i: int, rate_metric: str):
