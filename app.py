@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pages._ui import return_to_deep_link, sidebar_source  # noqa: E402
+from pages._ui import return_to_deep_link, sidebar_presenter, sidebar_source  # noqa: E402
 
 st.set_page_config(page_title="wfviz", page_icon=":material/water:", layout="wide")
 
@@ -34,6 +34,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+sidebar_presenter()
 sidebar_source()
 return_to_deep_link()
 page.run()

@@ -1,9 +1,9 @@
 """Results section of the Quantize page: charts, the per-column view, tables and exports.
 
 ``show_results(cov, result)`` draws one finished sweep (``result`` as the page stores it:
-``dict(source=..., settings=..., rows=[...], columns={...})``: the row dicts of the sweep's
-points and their per-column data, ``iter_sweep(keep_columns=True)``). It runs no quantizer
-itself.
+``dict(source=..., label=..., settings=..., rows=[...], columns={...}, notices=[...])``: the row
+dicts of the sweep's points and their per-column data, ``iter_sweep(keep_columns=True)``). It
+runs no quantizer itself.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._ui import ROTATION_NAMES
+from pages._ui import ROTATION_NAMES, chart, haar_gap_for, haar_text
 from wfviz.experiments import COLUMNS, gap_table, table_to_csv
 from wfviz.plots import (
     column_rate_figure,
@@ -25,11 +25,11 @@ from wfviz.theory import WATERSIC_GAP_BITS
 
 BIAS_SHOWN_BITS = 0.03
 """The plug-in entropy bias is drawn and warned about once it exceeds this (bits)."""
-SCALE_BITS = 16
 
 _FORMATS = {"target_rate": "%.2f", "rate": "%.3f", "distortion": "%.3e",
             "relative_distortion": "%.3e", "it_limit": "%.3e", "gap_bits": "%.3f",
-            "predicted_gap_bits": "%.3f", "time_s": "%.2f"}
+            "side_bits": "%.4f", "payload_gap_bits": "%.3f", "predicted_gap_bits": "%.3f",
+            "time_s": "%.2f"}
 
 
 def _bias(settings: dict) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -54,8 +54,7 @@ def _column_view_panel(result: dict) -> None:
     mid = rates[len(rates) // 2]
     kept = kept[("watersic", rot, mid)]
     measured, d = kept["column_entropy"], kept["d"]
-    st.plotly_chart(column_rate_figure(measured, d, ROTATION_NAMES.get(rot, rot)),
-                    width="stretch", key="q_cols")
+    chart(column_rate_figure(measured, d, ROTATION_NAMES.get(rot, rot)), "q_cols")
     below = int(np.count_nonzero(measured < 0.05))
     st.caption(
         f"WaterSIC at target {mid:g} bits in the {rot} basis (the first rotation chosen), one "
@@ -65,19 +64,75 @@ def _column_view_panel(result: dict) -> None:
         f"the average bend to zero bits, as in waterfilling ({below:,} columns under 0.05 bit).")
 
 
+def _side_text(rows: list[dict]) -> str:
+    """The side information of each method, as the captions state it."""
+    side = {}
+    for r in rows:
+        side.setdefault(r["method"], r["side_bits"])
+    return ", ".join(f"{m} {b:.3f}" for m, b in side.items())
+
+
+def _weights_caption(settings: dict, side: str) -> str:
+    if settings["weights"] == "real":
+        what = (f"W is **{settings['weights_label']}** ({settings['rows']:,} rows, mean "
+                f"W² = {settings['variance']:.3g}): not Gaussian, with columns of unequal "
+                "spread, so the IT limit is that of Gaussian rows of the same variance, and "
+                "the predictions in the gap chart use each rotated column's entropy power "
+                "next to d_j.")
+    else:
+        what = "W has rows i.i.d. N(0, 1), so σ² = 1."
+    return (f"{what} GPTQ/RTN targets are grid bits; their points sit at the rate measured by "
+            f"the same metric. Side information (scales, steps, the metric's own model) in "
+            f"bits per weight at {settings['rows']:,} rows: {side}; the D–R chart's rates "
+            "include it.")
+
+
+def _export(cov, result: dict, rows: list[dict], gaps: dict, axis: str) -> None:
+    settings = result["settings"]
+    damping = settings.get("damping")
+    header = {"source": result["source"], "layer": result.get("label") or cov.label,
+              "weights": settings["weights_label"], "rows": settings["rows"],
+              "seed": settings["seed"], "rate_metric": settings["rate_metric"],
+              "damping": "default" if damping is None else f"{damping:g}"}
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", table_to_csv(rows, header=header),
+                       file_name="wfviz_sweep.csv", mime="text/csv", key="q_csv")
+    if c2.button("Prepare PNG of the D-R chart", key="q_png_prepare"):
+        title = (f"D(R): {result.get('label') or cov.label} · {settings['weights_label']} · "
+                 f"{settings['rows']:,} rows")
+        try:
+            png = dr_figure(rows, cov.eigenvalues, gaps, axis, settings["variance"],
+                            title=title).update_layout(margin=dict(l=90, r=60, t=60)).to_image(
+                format="png", width=1400, height=700)
+        except Exception:  # kaleido needs a Chrome; report it in one sentence, not a trace
+            st.error("PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); "
+                     "install one, or use the camera icon of the chart.")
+        else:
+            c2.download_button("Download PNG", png, file_name="wfviz_dr.png",
+                               mime="image/png", key="q_png")
+
+
+def _haar_note(cov, settings: dict) -> str:
+    if "haar" not in settings["rotations"] or settings["weights"] == "real":
+        return ""
+    return (f" Haar: the prediction for the very rotation drawn (seed {settings['seed']}); "
+            f"over {haar_gap_for(cov)['seeds']} random rotations GPTQ-EC's gap over WaterSIC "
+            f"is {haar_text(haar_gap_for(cov))} bit.")
+
+
 def show_results(cov, result: dict) -> None:
     """Draw one finished sweep on the Quantize page."""
     rows, settings = result["rows"], result["settings"]
     metric = settings["rate_metric"]
     axis = rate_axis_label(metric)
+    real = settings["weights"] == "real"
     gaps = gptq_gaps(rows, settings["rotations"])
-    side = SCALE_BITS / settings["rows"]
-    st.caption(
-        f"Every measured rate on this page is counted as **{metric}** ({RATE_METRICS[metric]}); "
-        "theory lines are in bits per weight of an ideal code. W has rows i.i.d. N(0, 1), so "
-        "σ² = 1. GPTQ/RTN targets are grid bits; their points sit at the rate measured by the "
-        f"same metric. WaterSIC stores one 16-bit scale per column: {side:.3f} bit per weight "
-        f"at {settings['rows']} rows, included in its rate.")
+    side = _side_text(rows)
+    for note in result.get("notices", []):
+        st.warning(note)
+    st.caption(f"Every measured rate on this page is counted as **{metric}** "
+               f"({RATE_METRICS[metric]}); theory lines are in bits per weight of an ideal "
+               "code. " + _weights_caption(settings, side))
     bias = _bias(settings)
     if bias is not None:
         top = max(settings["rates"])
@@ -86,22 +141,32 @@ def show_results(cov, result: dict) -> None:
             f"Each column's entropy is estimated from only {settings['rows']} codes, and that "
             f"plug-in estimate reads low: by about {worst:.2f} bit at {top:g} bits (dotted line "
             "in the gap chart; a simulation of one Gaussian column). The measured points at "
-            "high rate therefore sit below the high-rate lines (with still fewer rows, even "
-            "below the IT limit). Use more rows, or lower rates, to see the high-rate gaps.")
-    st.plotly_chart(dr_figure(rows, cov.eigenvalues, gaps, axis), width="stretch", key="q_dr")
-    st.plotly_chart(gap_figure(rows, gaps, axis, bias), width="stretch", key="q_gap")
+            "high rate therefore sit below the high-rate lines. Count the rate with "
+            "parametric_coded, use more rows, or lower rates.")
+    chart(dr_figure(rows, cov.eigenvalues, {} if real else gaps, axis, settings["variance"]),
+          "q_dr")
+    if real:
+        st.caption("The D–R lines are for Gaussian rows of the same variance; the predictions "
+                   "for these weights are in the gap chart.")
+    payload_axis = "payload " + axis.replace("rate (", "rate = rate − side information (", 1)
+    chart(gap_figure(rows, gaps, payload_axis, bias), "q_gap")
     st.markdown(
-        f"**Reading the gap chart.** WaterSIC should sit ½·log2(2πe/12) ≈ "
-        f"{WATERSIC_GAP_BITS:.4f} bit above the limit at high rate in **every** basis, so its "
-        "rings for different rotations coincide. Entropy-coded GPTQ adds ½·log2(AM(d)/GM(d)) "
-        "for the basis it runs in, which a random rotation shrinks. Below about 4 bits both "
-        "gaps grow (error feedback of large errors).")
-    gaps_by_rate = pd.DataFrame(gap_table(rows)).set_index("method · rotation")
+        "**Reading the gap chart.** Points are at the payload rate, the rate without its side "
+        f"information ({side} bit per weight), because the high-rate theory leaves that out. "
+        f"WaterSIC should sit ½·log2(2πe/12) ≈ {WATERSIC_GAP_BITS:.4f} bit above the limit at "
+        "high rate in **every** basis, so its rings for different rotations coincide. "
+        "Entropy-coded GPTQ adds ½·log2(AM(d)/GM(d)) for the basis it runs in, which a random "
+        "rotation shrinks. Below about 4 bits both gaps grow (error feedback of large errors)."
+        + _haar_note(cov, settings))
+    gaps_by_rate = pd.DataFrame(gap_table(rows, gap="payload_gap_bits")).set_index(
+        "method · rotation")
     st.dataframe(gaps_by_rate, key="q_gap_table",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in gaps_by_rate.columns})
-    st.caption("Measured gap to the IT limit in bits per weight at each target rate, and the "
-               "high-rate prediction (GPTQ and RTN: the GPTQ-EC formula, as a reference).")
+    st.caption("Measured gap to the IT limit at the payload rate, in bits per weight, at each "
+               "target rate, and the high-rate prediction (GPTQ and RTN: the GPTQ-EC formula, "
+               "as a reference" + ("; for these weights, at the lowest rate" if real else "")
+               + ").")
 
     if "watersic" in settings["methods"]:
         _column_view_panel(result)
@@ -111,16 +176,4 @@ def show_results(cov, result: dict) -> None:
     st.dataframe(table, hide_index=True, width="stretch", key="q_table",
                  column_config={c: st.column_config.NumberColumn(format=f)
                                 for c, f in _FORMATS.items()})
-    c1, c2 = st.columns(2)
-    c1.download_button("Download CSV", table_to_csv(rows), file_name="wfviz_sweep.csv",
-                       mime="text/csv", key="q_csv")
-    if c2.button("Prepare PNG of the D-R chart", key="q_png_prepare"):
-        try:
-            png = dr_figure(rows, cov.eigenvalues, gaps, axis).update_layout(
-                margin=dict(l=90, r=60, t=60)).to_image(format="png", width=1400, height=700)
-        except Exception:  # kaleido needs a Chrome; report it in one sentence, not a trace
-            st.error("PNG export needs kaleido and a Chrome/Chromium (e.g. Debian's chromium); "
-                     "install one, or use the camera icon of the chart.")
-        else:
-            c2.download_button("Download PNG", png, file_name="wfviz_dr.png",
-                               mime="image/png", key="q_png")
+    _export(cov, result, rows, {} if real else gaps, axis)

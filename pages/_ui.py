@@ -52,6 +52,27 @@ MIN_SYNTHETIC_N = 2
 MAX_SYNTHETIC_N = 8192
 """Largest synthetic n offered: its n × n matrix and eigendecomposition stay interactive."""
 MAX_SEED = 2**31 - 1
+PRESENTER_KEY = "presenter"
+"""Session-state key of the sidebar's presenter-mode toggle (it holds on every page)."""
+PRESENTER_FONT = 17
+"""Chart font size in presenter mode (titles get 4 more)."""
+# Larger text for a projector. Formulas grow less than the text so that the long ones still fit
+# a 1280-pixel screen; display formulas may wrap their widest line into a scroll box only as a
+# last resort. Slider labels get room above the thumb's value, which would otherwise cover them.
+PRESENTER_CSS = """<style>
+[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li,
+[data-testid="stCaptionContainer"] p {font-size: 1.35rem !important;}
+[data-testid="stMarkdownContainer"] .katex {font-size: 1.05em !important;}
+.katex-display > .katex {font-size: 1.3em !important;}
+.katex-display {overflow-x: auto; overflow-y: hidden; padding: 0.2em 0;}
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] > div {font-size: 2.6rem !important;
+ line-height: 1.25 !important;}
+[data-testid="stMetricLabel"] p, [data-testid="stWidgetLabel"] p,
+[data-testid="stWidgetLabel"] {font-size: 1.2rem !important;}
+[data-testid="stSlider"] [data-testid="stWidgetLabel"] {margin-bottom: 1.6rem !important;}
+[data-testid="stSliderThumbValue"], [data-testid="stSliderTickBar"] {font-size: 1.05rem !important;}
+h1 {font-size: 3.0rem !important;} h2, h3 {font-size: 2.2rem !important;}
+</style>"""
 
 _KINDS = {"bundled": "Bundled model", "synthetic": "Synthetic", "uploaded": "Upload"}
 _PENDING_KEY = "wfviz_pending_source"
@@ -161,6 +182,24 @@ def d_for(cov: Covariance, rotation: str, *, seed: int = 0, order: str = "waters
     WfvizError when the rotation needs a full matrix the source lacks.
     """
     return _rotated_d(cov_key(cov), cov, rotation, seed, order)
+
+
+@st.cache_data(max_entries=32, show_spinner="Averaging over random rotations…")
+def _haar_gap(key: str, _cov: Covariance) -> dict:
+    from wfviz.stats import haar_gap
+
+    return haar_gap(_cov)
+
+
+def haar_gap_for(cov: Covariance) -> dict:
+    """``wfviz.stats.haar_gap(cov)`` (mean, std, min, max over the seeds), cached per source:
+    the Haar prediction is never one random draw."""
+    return _haar_gap(cov_key(cov), cov)
+
+
+def haar_text(haar: dict, digits: int = 3) -> str:
+    """``"0.734 ± 0.149"``: a Haar prediction as mean ± sd over its seeds."""
+    return f"{haar['mean']:.{digits}f} ± {haar['std']:.{digits}f}"
 
 
 def rotation_availability(cov: Covariance, *, quantize: bool = False) -> dict[str, str | None]:
@@ -299,6 +338,31 @@ def touch_session() -> int:
         return len(clock)
 
 
+def presenter() -> bool:
+    """Whether presenter mode (large fonts, the sidebar toggle) is on."""
+    return bool(st.session_state.get(PRESENTER_KEY, False))
+
+
+def chart(fig, key: str, container=None) -> None:
+    """``st.plotly_chart`` (full width) of ``fig``, with larger fonts in presenter mode."""
+    if presenter():
+        fig.update_layout(font=dict(size=PRESENTER_FONT), title_font_size=PRESENTER_FONT + 4)
+        fig.update_annotations(font_size=PRESENTER_FONT - 2)
+    (container or st).plotly_chart(fig, width="stretch", key=key)
+
+
+def sidebar_presenter() -> None:
+    """The presenter-mode toggle and the glossary link (sidebar), and the large-font style."""
+    with st.sidebar:
+        st.toggle("Presenter mode (large fonts)", key=PRESENTER_KEY,
+                  help="Larger text, formulas, metrics and chart fonts on every page, for a "
+                       "projector.")
+        st.page_link("pages/learn.py", label="Glossary of terms", icon=":material/menu_book:",
+                     query_params={"glossary": "open"})
+    if presenter():
+        st.markdown(PRESENTER_CSS, unsafe_allow_html=True)
+
+
 def sidebar_source() -> None:
     """Render the shared sidebar (source choice, device) and activate the chosen Σ_X."""
     touch_session()
@@ -417,6 +481,26 @@ def _upload_widget() -> str | None:
 
 
 # --------------------------------------------------------------------------- page helpers
+def sticky_multiselect(label: str, options: list, default: list, key: str, container=None,
+                       **kwargs) -> list:
+    """``st.multiselect`` whose choice survives options that go away and come back.
+
+    A source that allows fewer options (an eigenvalues-only upload allows two rotations)
+    narrows the choice; once the options are back, so are the choices the user had made.
+    """
+    ss = st.session_state
+    wanted_key, seen_key = f"{key}__wanted", f"{key}__options"
+    ss.setdefault(wanted_key, list(default))
+    if key not in ss or ss.get(seen_key) != list(options):
+        ss[key] = [o for o in options if o in ss[wanted_key]]
+        ss[seen_key] = list(options)
+
+    def remember() -> None:
+        ss[wanted_key] = list(ss[key]) + [o for o in ss[wanted_key] if o not in options]
+
+    return (container or st).multiselect(label, options, key=key, on_change=remember, **kwargs)
+
+
 def ensure_frame(page: str) -> None:
     """Reopen ``page`` through ``app.py`` when Streamlit ran the page file on its own.
 

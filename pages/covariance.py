@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages._ui import (
     ROTATION_NAMES,
+    chart,
     current_covariance,
     ensure_frame,
     requires_full_matrix,
@@ -67,20 +68,22 @@ st.latex(r"\Delta R = \tfrac12 \log_2 \frac{\mathrm{AM}(d)}{\mathrm{GM}(d)},\qqu
 why = {n.split("]", 1)[0].removeprefix("gap_bits["): n.split("]: ", 1)[-1]
        for n in stats["notes"] if n.startswith("gap_bits[")}
 haar = stats.get("haar_gap")
+# Haar: the mean over random rotations, never one draw, with its spread next to it.
 gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g,
-             "note": (f"mean ± {haar['std']:.3f} (sd) over {haar['seeds']} random rotations"
-                      if r == "haar" and haar else why.get(r, ""))}
+             "± sd": haar["std"] if r == "haar" and haar else None,
+             "note": (f"mean ± sd over {haar['seeds']} random rotations (min {haar['min']:.3f}, "
+                      f"max {haar['max']:.3f})" if r == "haar" and haar else why.get(r, ""))}
             for r, g in stats["gap_bits"].items()]
-st.dataframe(pd.DataFrame(gap_rows), hide_index=True,
-             column_config={"predicted gap (bits per weight)": st.column_config.NumberColumn(
-                 format="%.3f")})
+st.dataframe(pd.DataFrame(gap_rows), hide_index=True, key="cov_gaps",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in ("predicted gap (bits per weight)", "± sd")})
 st.caption("GPTQ decides the columns first to last, so these gaps use the d it sees, "
            "d_j = Var(X_j | X_>j): the same product as WaterSIC's Var(X_j | X_<j), another AM "
            "(act-order, largest E[x_j²] first, is designed for that order).")
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(spectrum_figure(cov.eigenvalues), width="stretch", key="cov_spectrum")
+    chart(spectrum_figure(cov.eigenvalues), "cov_spectrum")
     st.caption("A spread of many decades is what makes equal-rate quantization wasteful; "
                "reverse waterfilling gives the large directions more bits.")
 with right:
@@ -88,7 +91,7 @@ with right:
     if diag is None:
         st.info("This source has no diagonal of Σ_X (eigenvalues only).")
     else:
-        st.plotly_chart(diagonal_figure(diag), width="stretch", key="cov_diagonal")
+        chart(diagonal_figure(diag), "cov_diagonal")
         top = top_channels(diag, 5, min_ratio=OUTLIER_RATIO)
         median = float(np.median(diag))
         # An all-zero (or mostly zero) diagonal has median 0: name the channels without ratios.
@@ -102,10 +105,9 @@ with right:
 st.subheader("The matrix")
 if requires_full_matrix(cov, "The heatmap"):
     left, right = st.columns(2)
-    left.plotly_chart(heatmap_figure(cov.matrix), width="stretch", key="cov_heatmap")
+    chart(heatmap_figure(cov.matrix), "cov_heatmap", left)
     left.caption("Bright rows and columns are outlier channels: their scale dominates |Σ|.")
-    right.plotly_chart(heatmap_figure(cov.matrix, correlation=True), width="stretch",
-                       key="cov_corr")
+    chart(heatmap_figure(cov.matrix, correlation=True), "cov_corr", right)
     right.caption("The same matrix with every channel scaled to unit second moment (colour "
                   "saturates at the 99th percentile off the diagonal): what is left is the "
                   "correlation that the Cholesky (SIC) order exploits; d_j = Var(X_j | X_<j) "

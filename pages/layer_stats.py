@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._ui import (
+    chart,
     ensure_frame,
     installed_bundles,
     load_upload,
@@ -137,7 +138,7 @@ def bundle_view() -> None:
     if len(flagged):
         st.warning(f"{len(flagged)} layers have suspicious statistics; see the warnings column.")
     metric = st.selectbox("heatmap", [c for c in GAP_COLUMNS if c in df], key="ls_heat")
-    st.plotly_chart(_heatmap(df, metric), width="stretch", key="ls_heatmap")
+    chart(_heatmap(df, metric), "ls_heatmap")
     _claim(rows, bundle.model_label)
     specs = {f"bundle:{name}/{b}/{i}": f"block {b} · {LAYER_INPUT_NAMES.get(i, i)}"
              for b, i in zip(df["block"], df["input"], strict=True)}

@@ -8,25 +8,34 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._ui import ROTATION_NAMES, ensure_frame, installed_bundles, select_source
+from pages._ui import (
+    ROTATION_NAMES,
+    chart,
+    ensure_frame,
+    haar_text,
+    installed_bundles,
+    select_source,
+)
 from wfviz.bundles import LAYER_INPUT_NAMES, LLAMA3_HINT, load_bundle
+from wfviz.covariance_io import validate_covariance
+from wfviz.glossary import glossary_markdown
 from wfviz.plots import CODED, INK, WATER, style_figure, vessel_figure
 from wfviz.quantizers.watersic import sic_round
 from wfviz.rates import column_entropy_bits
 from wfviz.rotations import get_rotation
 from wfviz.sources import synthetic
+from wfviz.stats import haar_gap
 from wfviz.theory import SPACE_FILLING_LOSS, WATERSIC_GAP_BITS, cholesky_diag, gptq_gap_bits
 from wfviz.waterfilling import reverse_waterfill
 
 STEP_KEY = "learn_step"
-PRESENTER_KEY = "learn_presenter"
-PRESENTER_CSS = """<style>
-[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li {font-size: 1.45rem;}
-.katex {font-size: 1.7em !important;}
-[data-testid="stMetricValue"] {font-size: 2.6rem;}
-[data-testid="stMetricLabel"] p, [data-testid="stWidgetLabel"] p {font-size: 1.2rem !important;}
-h1 {font-size: 3.2rem !important;} h2, h3 {font-size: 2.4rem !important;}
-</style>"""
+GLOSSARY_PARAM = "glossary"  # ?glossary=open (the sidebar's link) opens the glossary
+GLOSSARY_TERMS = [
+    "Σ_X", "d_j", "SIC", "AM/GM", "reverse waterfilling", "water level θ", "IT limit",
+    "high rate", "WaterSIC", "GPTQ", "GPTQ-EC", "rotation", "Haar", "Hadamard", "eigenbasis",
+    "act-order", "rate metric", "log_cardinality", "column_entropy", "pooled_entropy",
+    "coded_bits", "parametric_coded", "side information", "entropy power", "dead feature",
+    "damping"]  # the terms of this app's pages, in the order a newcomer meets them
 # (Comments, not docstrings: Streamlit's magic would print a bare string in a page script.)
 SIC_ROWS = 512  # rows of the small weight matrix quantized in step 3
 EIGEN_ANGLE = 35  # direction of the loud eigenvector u₁ in step 1, degrees (not an axis)
@@ -40,11 +49,6 @@ def _ar1(n: int, rho: float) -> np.ndarray:
     return synthetic("ar1", n, rho=rho).matrix
 
 
-def _chart(fig: go.Figure, key: str, container=st) -> None:
-    """``st.plotly_chart``, with larger chart fonts in presenter mode."""
-    if st.session_state.get(PRESENTER_KEY):
-        fig.update_layout(font=dict(size=17), title_font_size=21)
-    container.plotly_chart(fig, width="stretch", key=key)
 
 
 def _bars(values, name: str, title: str, y: str, *, log_y: bool = True, color=None,
@@ -104,8 +108,8 @@ def step_wmse():
     curve.add_trace(go.Scatter(x=[angle], y=[mine], mode="markers", name="your e",
                                marker=dict(size=14, color=WATER)))
     left, right = st.columns(2)
-    _chart(plane, "learn_fig_plane", left)
-    _chart(curve, "learn_fig_wmse", right)
+    chart(plane, "learn_fig_plane", left)
+    chart(curve, "learn_fig_wmse", right)
     c1, c2, c3 = st.columns(3)
     c1.metric("damage eᵀΣe of your error", f"{mine:.3g}")
     c2.metric("range over directions (λ₂ … λ₁)", f"{lam.min():.3g} … {lam.max():.3g}")
@@ -133,12 +137,12 @@ def step_waterfilling():
     sol = reverse_waterfill(lam, rate=rate)
     theta = float(sol.theta)
     left, right = st.columns([3, 2])
-    _chart(vessel_figure(lam, theta), "learn_vessel", left)
+    chart(vessel_figure(lam, theta), "learn_vessel", left)
     rates = _bars(sol.rates, "R_i", "Bits per coordinate R_i", "R_i (bits)", log_y=False,
                   color=CODED, height=420)
     rates.update_xaxes(title_text="coordinate i (largest λ first)",
                        tickvals=np.arange(0, 24, 4), ticktext=[str(k + 1) for k in range(0, 24, 4)])
-    _chart(rates, "learn_fig_rates", right)
+    chart(rates, "learn_fig_rates", right)
     gm = float(np.exp(np.mean(np.log(lam))))
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("water level θ", f"{theta:.3g}")
@@ -187,14 +191,14 @@ def step_sic():
                  "variance", log_y=False, color="#9aa5b1")
     dfig.add_trace(go.Bar(x=np.arange(16), y=d, name="d_j = Var(X_j | X_<j)",
                           marker_color=WATER))
-    _chart(dfig, "learn_fig_sic", left)
+    chart(dfig, "learn_fig_sic", left)
     efig = _bars(per_plain, "without feedback", "Output error per column, same grids",
                  "error ((W−Ŵ)L)_j² per row", log_y=False, color="#9aa5b1")
     efig.add_trace(go.Bar(x=np.arange(16), y=per_fb, name="SIC (with feedback)",
                           marker_color=CODED))
     efig.add_trace(go.Scatter(x=[-0.5, 15.5], y=[c * c / 12] * 2, mode="lines",
                               name="c²/12", line=dict(color=INK, dash="dash", width=2)))
-    _chart(efig, "learn_fig_sic_err", right)
+    chart(efig, "learn_fig_sic_err", right)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Σ log2 d_j", f"{np.log2(d).sum():.4f}")
     c2.metric("log2 det Σ_X", f"{np.linalg.slogdet(sigma)[1] / np.log(2):.4f}")
@@ -221,10 +225,12 @@ def step_gptq_vs_watersic():
         "error is c²/12 and column j gets R + ½·log2(d_j/GM(d)) bits, a waterfilling over d. "
         "At the same mean rate GPTQ's distortion is AM(d)/GM(d) times WaterSIC's; WaterSIC is "
         "½·log2(2πe/12) ≈ 0.2546 bit above the limit whatever Σ_X is.")
+    # Two short formulas rather than one long one: the long one was clipped on a projector.
     st.latex(r"\frac{D_{\mathrm{GPTQ}}}{D_{\mathrm{WaterSIC}}}=\frac{\operatorname{AM}(d)}"
-             r"{\operatorname{GM}(d)},\quad \text{gap}_{\text{GPTQ}-\text{WaterSIC}} = "
-             r"\tfrac12\log_2\frac{\operatorname{AM}(d)}{\operatorname{GM}(d)},\quad "
-             r"\text{gap}_{\text{WaterSIC}-\text{IT}} = \tfrac12\log_2\frac{2\pi e}{12}")
+             r"{\operatorname{GM}(d)},\qquad \text{gap}_{\text{GPTQ}-\text{WaterSIC}} = "
+             r"\tfrac12\log_2\frac{\operatorname{AM}(d)}{\operatorname{GM}(d)}")
+    st.latex(r"\text{gap}_{\text{WaterSIC}-\text{IT}} = \tfrac12\log_2\frac{2\pi e}{12}"
+             r"\approx 0.2546\ \text{bit}")
     c1, c2 = st.columns(2)
     decay = c1.slider("spread of d: d_j = (j+1)^(−α), α", 0.0, 3.0, 1.5, 0.1,
                       key="learn_decay2")
@@ -239,7 +245,7 @@ def step_gptq_vs_watersic():
     rfig.add_trace(go.Scatter(x=[-0.5, 15.5], y=[rate, rate], mode="lines",
                               name="GPTQ: R on every column",
                               line=dict(color=INK, dash="dash", width=2)))
-    _chart(rfig, "learn_fig_cols", left)
+    chart(rfig, "learn_fig_cols", left)
     dfig = _bars(scale * d, "GPTQ D_j ∝ d_j", "Distortion per column at the same mean rate",
                  "D_j per weight (log)", color="#9aa5b1")
     dfig.add_trace(go.Bar(x=np.arange(16), y=np.full(16, scale * gm), name="WaterSIC D_j (flat)",
@@ -248,7 +254,7 @@ def step_gptq_vs_watersic():
                               (scale * gm, "WaterSIC mean ∝ GM(d)", "dot")):
         dfig.add_trace(go.Scatter(x=[-0.5, 15.5], y=[value] * 2, mode="lines", name=name,
                                   line=dict(color=INK, dash=dash, width=2)))
-    _chart(dfig, "learn_fig_cols_d", right)
+    chart(dfig, "learn_fig_cols_d", right)
     c1, c2, c3 = st.columns(3)
     c1.metric("AM(d)/GM(d) = D_GPTQ / D_WaterSIC", f"{am / gm:.3g}")
     c2.metric("GPTQ loses (bits)", f"{gptq_gap_bits(d):.3f}")
@@ -279,10 +285,15 @@ def step_rotations():
     fig = _bars(d0, "identity", "GPTQ's d_j = Var(X_j | X_>j) before and after the rotation",
                 "d_j (log)", color="#9aa5b1")
     fig.add_trace(go.Bar(x=np.arange(32), y=d1, name=ROTATION_NAMES[rot], marker_color=CODED))
-    _chart(fig, "learn_fig_rot")
+    chart(fig, "learn_fig_rot")
     c1, c2, c3 = st.columns(3)
     c1.metric("GPTQ gap, identity (bits)", f"{gptq_gap_bits(d0):.3f}")
-    c2.metric(f"GPTQ gap, {ROTATION_NAMES[rot]} (bits)", f"{gptq_gap_bits(d1):.3f}")
+    if rot == "haar":  # one draw is not the prediction: mean ± sd over random rotations
+        haar = haar_gap(validate_covariance(sigma, label="step 5"))
+        c2.metric(f"GPTQ gap, Haar (bits, mean ± sd of {haar['seeds']})", haar_text(haar),
+                  help=f"The bars show one random rotation (seed 0): {gptq_gap_bits(d1):.3f}.")
+    else:
+        c2.metric(f"GPTQ gap, {ROTATION_NAMES[rot]} (bits)", f"{gptq_gap_bits(d1):.3f}")
     c3.metric("Σ log2 d_j, both bases (WaterSIC's D)",
               f"{np.log2(d0).sum():.2f} = {np.log2(d1).sum():.2f}")
     st.caption("Σ_X: an AR(1) correlation (ρ = 0.5) among 32 channels, the first ones scaled "
@@ -341,7 +352,7 @@ def step_real_layers():
                   annotation_position="top left")
     style_figure(fig, f"Predicted GPTQ − WaterSIC gap, {bundle.model_label}, block {block}",
                  "layer input", "bits per weight (high-rate theory)", height=440)
-    _chart(fig, "learn_fig_real")
+    chart(fig, "learn_fig_real")
     st.dataframe(table, width="stretch", key="learn_table", hide_index=True,
                  column_config={b: st.column_config.NumberColumn(format="%.3f") for b in bases})
     st.caption(("d in GPTQ's first-to-last order, Var(X_j | X_>j). " if gptq_order else
@@ -376,9 +387,17 @@ def _move(delta: int) -> None:
     st.session_state[STEP_KEY] = min(max(st.session_state[STEP_KEY] + delta, 0), len(STEPS) - 1)
 
 
+def glossary() -> None:
+    """The short glossary, first on the page (open when the sidebar's link brought us here)."""
+    opened = st.query_params.get(GLOSSARY_PARAM) == "open"
+    with st.expander("Glossary: Σ_X, d_j, SIC, AM/GM, the rate metrics and the other terms",
+                     expanded=opened, icon=":material/menu_book:"):
+        st.markdown(glossary_markdown(GLOSSARY_TERMS))
+        st.caption("Each term is derived at length in the repository's docs/theory.md.")
+
+
 ensure_frame("pages/learn.py")
-if st.toggle("Presenter mode (large fonts)", key=PRESENTER_KEY):
-    st.markdown(PRESENTER_CSS, unsafe_allow_html=True)
+glossary()
 step = _current_step()
 st.query_params["step"] = str(step + 1)
 st.title(STEPS[step][0])

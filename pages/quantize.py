@@ -1,7 +1,11 @@
-"""Quantize page: WaterSIC against GPTQ under rotations, live, with the theory lines."""
+"""Quantize page: WaterSIC against GPTQ under rotations, live, with the theory lines.
 
-import time
-import warnings
+The settings are checked as they change (``wfviz.experiments.plan_sweep``): the page says which
+rates each method will run and shows every problem next to the Run button. A run goes in a
+worker thread (``wfviz.background.BackgroundRun``) so that this script redraws its progress
+twice a second and Cancel takes effect at once; the run lives in session state, so a rerun
+(any widget) follows it again instead of stopping it.
+"""
 
 import numpy as np
 import streamlit as st
@@ -11,21 +15,29 @@ from pages._ui import (
     ROTATION_NAMES,
     cov_key,
     current_covariance,
+    current_source,
     ensure_frame,
     show_error,
     source_caption,
+    sticky_multiselect,
     touch_session,
 )
+from wfviz.background import BackgroundRun
 from wfviz.device import DEVICES, device_label
-from wfviz.errors import Cancelled, ResourceError, WfvizError, WfvizWarning
-from wfviz.experiments import iter_sweep
-from wfviz.jobs import heavy_slot
+from wfviz.errors import ResourceError, WfvizError
+from wfviz.experiments import iter_plan, plan_sweep
 from wfviz.quantizers import METHODS
 from wfviz.rates import RATE_METRICS
+from wfviz.validation import count_dead
+from wfviz.weights import source_weights, source_weights_reason
 
 RESULTS_KEY = "q_results"
-CANCEL_KEY = "q_cancel_requested"
-PARTIAL_KEY = "q_partial"
+RUN_KEY = "q_run_state"
+POLL_S = 0.5  # the progress line is redrawn this often while a run goes
+WEIGHTS = {"gaussian": "i.i.d. Gaussian rows N(0, 1), the theory's model",
+           "real": "the layer's real weights (SmolLM2-135M-Instruct Q4_1 GGUF, dequantized)"}
+DAMPINGS = [None, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+DEFAULT_ROTATIONS = ["identity", "haar", "hadamard"]
 
 ensure_frame("pages/quantize.py")
 st.title("Quantize: WaterSIC vs GPTQ")
@@ -34,161 +46,225 @@ if cov is None:
     st.stop()
 source_caption(cov)
 st.markdown(
-    "Quantize a weight matrix W with rows i.i.d. N(0, 1) (the theory's model) against this Σ_X, "
-    "with every chosen method × rotation × rate, and compare the measured distortion with the "
-    "information-theoretic limit. **gptq-ec** uses one step for all columns (equal rate); "
-    "**watersic** uses the step c/L_jj (waterfilling on the Cholesky diagonal). **gptq** and "
-    "**rtn** are the classic fixed 2^b-level grids.")
+    "Quantize a weight matrix W against this Σ_X with every chosen method × rotation × rate, "
+    "and compare the measured distortion with the information-theoretic limit. **gptq-ec** "
+    "uses one step for all columns (equal rate); **watersic** uses the step c/L_jj "
+    "(waterfilling on the Cholesky diagonal). **gptq** and **rtn** are the classic fixed "
+    "2^b-level grids.")
 
 
-def _rotation_choices() -> list[str]:
-    usable = [r for r in ROTATION_NAMES if cov.supports(r)]
-    if len(usable) < len(ROTATION_NAMES):
+@st.cache_resource(max_entries=2, show_spinner="Reading the layer's weights from the GGUF…")
+def _real_weights(spec: str) -> tuple[np.ndarray, str, float]:
+    """``(W, label, mean(W²))`` of a bundle layer (raises WfvizError)."""
+    W, label = source_weights(spec)
+    return W, label, float(np.mean(np.square(W, dtype=np.float64)))
+
+
+def _weights(choice: str) -> tuple[dict | None, str | None]:
+    """The weights' settings (``W``, its label and variance, ``rows``), or the reason there
+    are none."""
+    if choice == "gaussian":
+        return dict(W=None, label=WEIGHTS["gaussian"], variance=1.0), None
+    spec = current_source() or ""
+    reason = source_weights_reason(spec)
+    if reason is not None:
+        return None, reason
+    try:
+        W, label, variance = _real_weights(spec)
+    except WfvizError as exc:
+        return None, str(exc)
+    return dict(W=W, label=label, variance=variance, rows=W.shape[0]), None
+
+
+def _rates(lo: float, hi: float, points: int) -> list[float]:
+    return [round(float(r), 3) for r in np.linspace(lo, hi, int(points))]
+
+
+def _controls() -> tuple[dict, object, list[str]]:
+    """The widgets; returns the settings, their plan and the problems to show."""
+    rotations = [r for r in ROTATION_NAMES if cov.supports(r)]
+    if len(rotations) < len(ROTATION_NAMES):
         st.info("This source has eigenvalues only, so W can be quantized only where the basis "
                 "does not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, "
                 "Hadamard and act-order depend on the native channels and need the full Σ_X.")
-    return usable
-
-
-def _controls() -> dict | None:
-    rotations = _rotation_choices()
-    with st.form("q_form"):
+    c1, c2 = st.columns(2)
+    methods = c1.multiselect("Methods", list(METHODS), default=["gptq-ec", "watersic"],
+                             key="q_methods",
+                             help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    rots = sticky_multiselect("Rotations", rotations, DEFAULT_ROTATIONS, "q_rotations",
+                              container=c2, format_func=lambda r: ROTATION_NAMES[r])
+    choice = st.radio("Weights W", list(WEIGHTS), format_func=WEIGHTS.get, key="q_weights",
+                      horizontal=True,
+                      help="Real weights exist for the bundled blocks whose full Σ_X is "
+                           "stored; they are quantized against their own layer's Σ_X.")
+    weights, problem = _weights(choice)
+    c1, c2, c3, c4 = st.columns(4)
+    lo = c1.number_input("Lowest rate", 1.0, 12.0, 2.0, 0.5, key="q_rate_lo")
+    hi = c2.number_input("Highest rate", 1.0, 12.0, 7.0, 0.5, key="q_rate_hi")
+    points = c3.number_input("Rates", 1, 12, 6, 1, key="q_points")
+    if choice == "gaussian":
+        rows = int(c4.number_input("Rows of W", 16, 8192, 256, 16, key="q_rows",
+                                   help="Rows a of the i.i.d. N(0, 1) weights."))
+    else:
+        rows = weights["rows"] if weights else 0
+        c4.metric("Rows of W", f"{rows:,}" if rows else "–",
+                  help="The layer's own rows (its output features).")
+    c1, c2 = st.columns(2)
+    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, 1, key="q_seed",
+                           help="Seeds the Gaussian weights and the random rotations.")
+    metric = c2.selectbox("Rate metric", list(RATE_METRICS),
+                          index=list(RATE_METRICS).index("parametric_coded"), key="q_metric",
+                          help="; ".join(f"{k}: {v}" for k, v in RATE_METRICS.items()))
+    with st.expander("Advanced"):
         c1, c2 = st.columns(2)
-        methods = c1.multiselect("Methods", list(METHODS), default=["gptq-ec", "watersic"],
-                                 key="q_methods", help="; ".join(f"{k}: {v}"
-                                                               for k, v in METHODS.items()))
-        default_rot = [r for r in ("identity", "haar", "hadamard") if r in rotations]
-        rots = c2.multiselect("Rotations", rotations, default=default_rot or rotations[:1],
-                              key="q_rotations", format_func=lambda r: ROTATION_NAMES[r])
-        c1, c2, c3, c4 = st.columns(4)
-        lo = c1.number_input("Lowest rate", 1.0, 12.0, 1.0, 0.5, key="q_rate_lo")
-        hi = c2.number_input("Highest rate", 1.0, 12.0, 5.0, 0.5, key="q_rate_hi",
-                             help="With 256 rows, per-column entropies read low "
-                                  "above about 5 bits.")
-        points = c3.number_input("Rates", 1, 12, 6, 1, key="q_points")
-        rows = c4.number_input("Rows of W", 16, 8192, 256, 16, key="q_rows",
-                               help="Few rows make per-column entropy read low at high rate.")
-        c1, c2, c3 = st.columns(3)
-        seed = c1.number_input("Seed", 0, 2**31 - 1, 0, 1, key="q_seed")
-        device = c2.selectbox("Device", list(DEVICES), key="q_device",
+        device = c1.selectbox("Device", list(DEVICES), key="q_device",
                               help=f"auto uses a GPU when torch sees one; here: {device_label()}")
-        metric = c3.selectbox("Rate metric", list(RATE_METRICS), key="q_metric",
-                              help="; ".join(f"{k}: {v}" for k, v in RATE_METRICS.items()))
-        run = st.form_submit_button("Run", type="primary", key="q_run")
-    if not run:
-        return None
-    if not methods or not rots:
-        st.error("Pick at least one method and one rotation, then press Run.")
-        return None
-    rates = [round(float(r), 3) for r in np.linspace(lo, max(lo, hi), int(points))]
-    return dict(methods=tuple(methods), rotations=tuple(rots), rates=tuple(rates),
-                rows=int(rows), seed=int(seed), device=device, rate_metric=metric)
+        damping = c2.selectbox(
+            "Damping of GPTQ-EC and WaterSIC", DAMPINGS, key="q_damping",
+            format_func=lambda d: "their default (1e-4)" if d is None else f"{d:g}",
+            help="Relative damping δ: δ·mean(diag Σ) is added to the diagonal of Σ before the "
+                 "Cholesky factorisation. More damping flattens d (and changes the "
+                 "predictions with it); GPTQ and RTN keep their own (0.01).")
+    problems = [problem] if problem else []
+    if hi < lo:
+        problems.append(f"The highest rate ({hi:g}) is below the lowest ({lo:g}); raise it.")
+    rates = _rates(lo, max(lo, hi), points)
+    live = cov.n - (count_dead(cov.diag if cov.diag is not None else cov.eigenvalues) or 0)
+    plan = plan_sweep(methods, rots, rates, rate_metric=metric, rows=max(rows, 1), n=cov.n,
+                      live=live)
+    settings = dict(methods=tuple(methods), rotations=tuple(rots), rates=tuple(rates),
+                    rows=rows, seed=int(seed), device=device, rate_metric=metric,
+                    damping=damping, weights=choice,
+                    weights_label=weights["label"] if weights else None,
+                    variance=weights["variance"] if weights else 1.0)
+    return dict(settings, W=weights["W"] if weights else None), plan, problems + list(
+        plan.errors)
 
 
-def _run(settings: dict) -> None:
-    st.session_state[CANCEL_KEY] = False
-    finished: list[dict] = []  # rows of a cancelled sweep that did finish
-    columns: dict = {}  # per-column data of every point, for the per-column view
-    # Cancel reruns the page, and Streamlit stops this run at its next st call: whatever the
-    # sweep has finished by then is in this session-state entry, which the rerun shows.
-    st.session_state[PARTIAL_KEY] = dict(source=cov_key(cov), settings=settings,
-                                         rows=finished, columns=columns, cancelled=True)
-    cancel_slot = st.empty()  # the button goes once the run ends
-    cancel_slot.button("Cancel", key="q_cancel", on_click=lambda: st.session_state.update(
-        {CANCEL_KEY: True}))
-    with st.status("Quantizing…", expanded=True) as status:
-        queue_note = st.empty()
-        bar = st.progress(0.0, text="starting")
-        notices = []
+def _plan_summary(plan, settings: dict) -> None:
+    """Which rates each method will run, next to the Run button."""
+    groups = "; ".join(f"{', '.join(m)} at {', '.join(f'{r:g}' for r in rates)} bits"
+                       for m, rates in plan.groups)
+    st.caption(f"**This run:** {plan.total} points: {groups}; × {len(plan.rotations)} "
+               f"rotation{'s' if len(plan.rotations) != 1 else ''}, {settings['rows']:,} rows, "
+               f"rates counted as {settings['rate_metric']}.")
+    for note in plan.notes:
+        st.caption(f":material/info: {note}")
 
-        def progress(frac, msg):
-            bar.progress(min(max(float(frac), 0.0), 1.0), text=msg)
 
-        shown = {}
+def _cancel() -> None:
+    entry = st.session_state.get(RUN_KEY)
+    if entry:
+        entry["run"].cancel()
 
-        def waiting(state):
-            # An update is also where Streamlit stops a queued run that the user left.
-            if st.session_state.get(CANCEL_KEY, False):
-                raise Cancelled
-            if shown.get("ahead") == state.ahead and state.waited_s - shown["at"] < 2.0:
-                return
-            shown.update(ahead=state.ahead, at=state.waited_s)
-            runs = "run" if state.ahead == 1 else "runs"
-            status.update(label=f"Queued: {state.ahead} {runs} ahead of you")
-            queue_note.info(f"{state.ahead} {runs} ahead of you; waiting… ({state.waited_s:.0f} s "
-                            "so far: the server runs only a few sweeps at a time, for all "
-                            "sessions together)", icon=":material/hourglass_top:")
 
-        try:
-            with heavy_slot(on_wait=waiting, limit_threads=touch_session() > 1) as slot:
-                if slot.waited:
-                    status.update(label="Quantizing…")
-                    queue_note.caption(f"Waited {slot.wait_s:.1f} s behind {slot.first_ahead} "
-                                       f"run{'s' if slot.first_ahead != 1 else ''} of other "
-                                       "sessions.")
-                else:
-                    queue_note.empty()
-                started = time.perf_counter()
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", WfvizWarning)
-                    for point in iter_sweep(
-                            cov, **settings, progress=progress, keep_columns=True,
-                            cancel=lambda: st.session_state.get(CANCEL_KEY, False)):
-                        finished.append(point.as_row())
-                        columns[(point.method, point.rotation, point.target_rate)] = \
-                            point.columns
-                notices += [str(w.message) for w in caught if w.category is WfvizWarning]
-                rows = finished
-                seconds = time.perf_counter() - started
-        except Cancelled:
-            _keep_partial()
-            status.update(label=f"Cancelled: showing the {len(finished)} points that had "
-                          "finished." if finished else "Cancelled before any point finished; "
-                          "the previous results are kept.", state="error")
+def _start(settings: dict, plan) -> None:
+    """Start the sweep in a worker thread; the page follows it from session state."""
+    keep = {k: v for k, v in settings.items() if k != "W"}
+    notices: list[str] = []
+
+    def job(cancel, progress):
+        return iter_plan(cov, plan, W=settings["W"], rows=settings["rows"],
+                         seed=settings["seed"], device=settings["device"],
+                         rate_metric=settings["rate_metric"], damping=settings["damping"],
+                         keep_columns=True, notice=notices.append, cancel=cancel,
+                         progress=progress)
+
+    run = BackgroundRun(job, plan.total, limit_threads=touch_session() > 1).start()
+    st.session_state[RUN_KEY] = dict(run=run, source=cov_key(cov), label=cov.label,
+                                     settings=keep, notices=notices)
+
+
+def _progress_text(status) -> str:
+    eta = (f" · about {status.eta_s:.0f} s left" if status.eta_s is not None else "")
+    return (f"{status.done} of {status.total} points · {status.elapsed_s:.0f} s{eta}"
+            + (f" · {status.message}" if status.message else ""))
+
+
+def _follow(entry: dict) -> None:
+    """Redraw the run's progress until it ends, then keep its points as the results."""
+    run = entry["run"]
+    box = st.status("Quantizing…", expanded=True)
+    line = box.empty()
+    bar = box.progress(0.0, text="starting")
+    stop = st.empty()
+    stop.button("Cancel", key="q_cancel", on_click=_cancel)
+    try:
+        # Cancel shows at once: the worker stops at its next poll, and keeps nothing after it.
+        while not run.wait(POLL_S) and not run.cancel_requested:
+            status = run.status()
+            if status.queue is not None:
+                ahead = status.queue.ahead
+                box.update(label=f"Queued: {ahead} run{'s' if ahead != 1 else ''} ahead of you")
+                line.info(f"Waiting {status.queue.waited_s:.0f} s so far: the server runs only a "
+                          "few sweeps at a time, for all sessions together.",
+                          icon=":material/hourglass_top:")
+            else:
+                box.update(label="Quantizing…")
+                line.empty()
+            bar.progress(status.fraction, text=_progress_text(status))
+    except BaseException as exc:
+        # A rerun (any widget) follows the run again; anything else (the session ends, the
+        # page is left) must not leave a sweep running for nobody.
+        if type(exc).__name__ != "RerunException":
+            run.cancel()
+        raise
+    status = run.status()
+    stop.empty()
+    st.session_state.pop(RUN_KEY, None)
+    if status.error is not None and not run.cancel_requested:
+        box.update(label="Stopped", state="error", expanded=False)
+        if isinstance(status.error, (WfvizError, ResourceError, MemoryError)):
+            show_error(status.error)
             return
-        except (WfvizError, ResourceError, MemoryError) as exc:
-            cancel_slot.empty()
-            st.session_state.pop(PARTIAL_KEY, None)  # a failed run is not a cancelled one
-            status.update(label="Stopped", state="error")
-            show_error(exc)
-            return
-        for note in notices:
-            st.warning(note)
-        status.update(label=f"Done: {len(rows)} points in {seconds:.1f} s", state="complete",
-                      expanded=False)
-    cancel_slot.empty()
-    st.session_state.pop(PARTIAL_KEY, None)
-    st.session_state[RESULTS_KEY] = dict(source=cov_key(cov), settings=settings, rows=rows,
-                                         columns=columns)
+        raise status.error
+    points, cancelled = run.items, run.cancel_requested
+    if cancelled and not points:
+        box.update(label="Cancelled", state="error", expanded=False)
+        st.warning(f"Cancelled: 0 of {status.total} points kept; the previous results stay.")
+        return
+    label = (f"Cancelled: {len(points)} of {status.total} points kept" if cancelled
+             else f"Done: {len(points)} points in {status.elapsed_s:.1f} s")
+    box.update(label=label, state="error" if cancelled else "complete", expanded=False)
+    st.session_state[RESULTS_KEY] = dict(
+        source=entry["source"], label=entry["label"], settings=entry["settings"],
+        rows=[p.as_row() for p in points], total=status.total, cancelled=cancelled,
+        notices=list(entry["notices"]),
+        columns={(p.method, p.rotation, p.target_rate): p.columns for p in points})
 
 
-def _keep_partial() -> None:
-    """A run that stopped early leaves its finished points: they become the results."""
-    partial = st.session_state.pop(PARTIAL_KEY, None)
-    if partial and partial["rows"]:
-        st.session_state[RESULTS_KEY] = partial
+settings, plan, problems = _controls()
+entry = st.session_state.get(RUN_KEY)
+if entry is not None and entry["source"] != cov_key(cov):
+    entry["run"].cancel()  # the source changed under the run
+    st.session_state.pop(RUN_KEY)
+    entry = None
+_plan_summary(plan, settings)
+for problem in problems:
+    st.error(problem, icon=":material/error:")
+clicked = st.button("Run", type="primary", key="q_run", disabled=bool(problems),
+                    help="Fix the settings above first." if problems else
+                    "A run that is going is cancelled and replaced." if entry else None)
+if clicked and not problems:
+    if entry is not None:
+        entry["run"].cancel()
+    _start(settings, plan)
+    entry = st.session_state[RUN_KEY]
 
-
-_keep_partial()
-settings = _controls()
 run_area = st.container()
-# A new run replaces the previous results at once (one empty element over their block): the
-# browser then redraws no stale charts while the sweep runs, and on a 2-core machine that
-# also serves the page this leaves the CPU to the sweep. Other reruns keep them in place.
-results_area = st.container() if settings is None else st.empty().container()
-if settings is not None:
+results_area = st.container()
+if entry is not None:
     with run_area:
-        _run(settings)
+        _follow(entry)
 
 with results_area:
     result = st.session_state.get(RESULTS_KEY)
     if not result or result["source"] != cov_key(cov):
-        st.info("Choose the settings and press **Run**. The default (2 methods × 3 rotations × "
-                "6 rates, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
+        if entry is None and not problems:  # never under an error or a run's outcome
+            st.info("Press **Run** to quantize. The default (2 methods × 3 rotations × 6 rates "
+                    "from 2 to 7 bits, 256 rows) is the demo of the WaterSIC vs GPTQ gap.")
         st.stop()
     if result.get("cancelled"):
-        s = result["settings"]
-        total = len(s["methods"]) * len(s["rotations"]) * len(s["rates"])
-        st.warning(f"That run was cancelled: {len(result['rows'])} of {total} points had "
-                   "finished and are shown. Press **Run** for the rest.")
+        st.warning(f"Cancelled: {len(result['rows'])} of {result['total']} points kept. Press "
+                   "**Run** for all of them.")
     show_results(cov, result)

@@ -7,10 +7,13 @@ import streamlit as st
 from pages._ui import (
     RATE_AXIS,
     ROTATION_NAMES,
+    chart,
     current_covariance,
     d_for,
     dr_curve_for,
     ensure_frame,
+    haar_gap_for,
+    haar_text,
     rotation_availability,
     show_error,
     source_caption,
@@ -76,19 +79,18 @@ def _vessel(cov: Covariance, result) -> None:
                    help="Coordinates below the water: σ²λ_i ≤ θ, they get no bits at all.")
     log_y = st.toggle("log scale", value=True, key="wf_log",
                       help="The spectrum spans decades; the linear scale shows the classic shape.")
-    st.plotly_chart(vessel_figure(cov.eigenvalues, float(result.theta), log_y=log_y),
-                    width="stretch", key="wf_vessel")
+    chart(vessel_figure(cov.eigenvalues, float(result.theta), log_y=log_y), "wf_vessel")
     drawn = ("one bar per coordinate" if cov.n <= MAX_BARS else
              f"n = {cov.n:,} > {MAX_BARS}: step areas over at most 2,000 evenly spaced "
              "coordinates instead of bars")
     st.caption(f"Orange: σ²λ_i; blue: the water D_i; dashed: θ ({drawn}). "
                "Coordinates whose bar is all blue get zero rate.")
     left, right = st.columns(2)
-    left.plotly_chart(rates_figure(result.rates, RATE_AXIS), width="stretch", key="wf_rates")
+    chart(rates_figure(result.rates, RATE_AXIS), "wf_rates", left)
     rates, dist, highrate = dr_curve_for(cov)
     high = highrate if np.all(highrate > 0) else None
-    right.plotly_chart(dr_curve_figure(rates, dist, (float(result.rate), float(result.distortion)),
-                                       RATE_AXIS, high), width="stretch", key="wf_curve")
+    chart(dr_curve_figure(rates, dist, (float(result.rate), float(result.distortion)),
+                          RATE_AXIS, high), "wf_curve", right)
     right.caption("Dotted: the high-rate formula σ² det(Σ_X)^(1/n) 2^(−2R), exact once "
                   "θ ≤ σ²λ_min.")
 
@@ -132,16 +134,23 @@ def _cholesky_panel(cov: Covariance, rate: float) -> None:
     # GPTQ decides the columns first to last, so its d is Var(X_j | X_>j): same GM, other AM
     gap = gptq_gap_bits(d_for(cov, rotation, order="gptq"))
     cols = st.columns(3)
-    cols[0].metric("predicted gap GPTQ − WaterSIC", f"{gap:.3f} bits",
-                   help="High-rate gap of entropy-coded GPTQ over WaterSIC for this basis.")
-    cols[1].metric("AM(d)/GM(d)", f"{2 ** (2 * gap):.4g}")
+    if rotation == "haar":  # one random rotation is one draw: show the spread over several
+        haar = haar_gap_for(cov)
+        cols[0].metric("predicted gap GPTQ − WaterSIC", f"{haar_text(haar)} bits",
+                       help=f"Mean ± sd over {haar['seeds']} random rotations (min "
+                            f"{haar['min']:.3f}, max {haar['max']:.3f}); the charts show one "
+                            f"of them (seed 0), whose gap is {gap:.3f} bits.")
+        cols[1].metric("AM(d)/GM(d)", f"{2 ** (2 * haar['mean']):.4g}",
+                       help="At the mean gap.")
+    else:
+        cols[0].metric("predicted gap GPTQ − WaterSIC", f"{gap:.3f} bits",
+                       help="High-rate gap of entropy-coded GPTQ over WaterSIC for this basis.")
+        cols[1].metric("AM(d)/GM(d)", f"{2 ** (2 * gap):.4g}")
     cols[2].metric("WaterSIC above the limit", f"{WATERSIC_GAP_BITS:.4f} bits",
                    help="½ log2(2πe/12): the scalar quantizer's space-filling loss, any basis.")
     left, right = st.columns(2)
-    left.plotly_chart(cholesky_figure(d, ROTATION_NAMES.get(rotation, rotation)),
-                      width="stretch", key="wf_d")
-    right.plotly_chart(column_rates_figure(watersic.rates, rate, RATE_AXIS), width="stretch",
-                       key="wf_col_rates")
+    chart(cholesky_figure(d, ROTATION_NAMES.get(rotation, rotation)), "wf_d", left)
+    chart(column_rates_figure(watersic.rates, rate, RATE_AXIS), "wf_col_rates", right)
     zero = int(np.count_nonzero(watersic.rates == 0))
     right.caption(f"WaterSIC rates: exact waterfilling over d at the same mean rate "
                   f"R = {rate:.3f}; {zero:,} columns get zero rate. GPTQ: R on every column.")

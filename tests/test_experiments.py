@@ -187,3 +187,104 @@ def test_batched_rotations_give_the_table_of_one_rotation_at_a_time(monkeypatch)
     assert [tuple(getattr(r, k) for k in keys) for r in batched] == \
         [tuple(getattr(r, k) for k in keys) for r in one_by_one]
     assert [r.rotation for r in batched[:3]] == ["identity"] * 3  # rotation-major order
+
+
+def test_damping_reaches_the_entropy_coded_methods_and_their_predictions():
+    from wfviz.experiments import iter_sweep
+    from wfviz.theory import cholesky_diag
+
+    sigma = _sigma(16)
+    kw = dict(methods="watersic,gptq-ec", rotations="identity", rates=[4], rows=256,
+              keep_columns=True)
+    plain = {p.method: p for p in iter_sweep(sigma, **kw)}
+    damped = {p.method: p for p in iter_sweep(sigma, damping=0.1, **kw)}
+    # WaterSIC's steps come from the Cholesky diagonal of Σ with that damping
+    np.testing.assert_allclose(damped["watersic"].columns["d"],
+                               cholesky_diag(sigma, damping=0.1), rtol=1e-6)
+    np.testing.assert_allclose(plain["watersic"].columns["d"],
+                               cholesky_diag(sigma, damping=1e-4), rtol=1e-6)
+    # GPTQ-EC's predicted gap uses the damped d: a flatter d, a smaller AM/GM
+    assert damped["gptq-ec"].predicted_gap_bits < plain["gptq-ec"].predicted_gap_bits - 0.01
+    assert damped["watersic"].distortion != plain["watersic"].distortion
+    with pytest.raises(WfvizError, match="damping must be a number"):
+        next(iter_sweep(sigma, damping=-1.0, **kw))
+
+
+def test_damping_leaves_the_grid_methods_alone():
+    from wfviz.experiments import iter_sweep
+
+    kw = dict(methods="gptq", rotations="identity", rates=[3], rows=128)
+    a, b = list(iter_sweep(_sigma(16), **kw)), list(iter_sweep(_sigma(16), damping=0.3, **kw))
+    assert a[0].distortion == b[0].distortion
+
+
+def test_plan_rounds_the_grid_methods_and_collects_every_problem():
+    from wfviz.experiments import plan_sweep
+
+    plan = plan_sweep(["gptq-ec", "rtn", "gptq"], ["identity", "haar"], [1.0, 1.8, 2.6, 3.4],
+                      rate_metric="column_entropy", rows=256)
+    assert plan.method_rates == {"gptq-ec": [1.0, 1.8, 2.6, 3.4], "rtn": [1.0, 2.0, 3.0],
+                                 "gptq": [1.0, 2.0, 3.0]}
+    assert plan.groups == [(["gptq-ec"], [1.0, 1.8, 2.6, 3.4]), (["rtn", "gptq"], [1.0, 2.0, 3.0])]
+    assert plan.total == 2 * (4 + 3 + 3) and not plan.errors
+    assert plan.notes == ("rtn and gptq use grids of 2^b levels, so they run whole bits only: "
+                          "1, 2, 3 (the other rates rounded to the nearest whole bit).",)
+    whole = plan_sweep(["gptq"], ["identity"], [2, 3], rate_metric="column_entropy", rows=256)
+    assert not whole.notes and not whole.errors
+    bad = plan_sweep([], [], [3], rate_metric="log_cardinality", rows=256)
+    assert bad.errors == ("Pick at least one method.", "Pick at least one rotation.")
+    metric = plan_sweep(["watersic", "gptq"], ["identity"], [3], rate_metric="log_cardinality",
+                        rows=256)
+    assert len(metric.errors) == 1 and "cannot be log_cardinality" in metric.errors[0]
+
+
+def test_plan_refuses_rates_the_metric_cannot_read_from_so_few_rows():
+    from wfviz.experiments import plan_sweep
+
+    kw = dict(rate_metric="column_entropy", rows=16, n=48, live=48)
+    (error,) = plan_sweep(["watersic"], ["identity"], [3, 5], **kw).errors
+    assert "cannot be measured on 16 rows" in error and "parametric_coded" in error
+    assert not plan_sweep(["watersic"], ["identity"], [3], **kw).errors
+    assert not plan_sweep(["watersic"], ["identity"], [5], **dict(
+        kw, rate_metric="parametric_coded")).errors
+    # dead features leave fewer columns to carry the same rate
+    assert plan_sweep(["watersic"], ["identity"], [3], **dict(kw, live=24)).errors
+
+
+def test_iter_plan_runs_every_group_on_the_same_weights_with_one_progress():
+    from wfviz.experiments import iter_plan, iter_sweep, plan_sweep
+
+    plan = plan_sweep(["watersic", "gptq"], ["identity"], [2.5, 3], rate_metric="column_entropy",
+                      rows=256)
+    calls = []
+    points = list(iter_plan(_sigma(16), plan, rows=256, rate_metric="column_entropy",
+                            progress=lambda f, m: calls.append(f)))
+    assert [(p.method, p.target_rate) for p in points] == [
+        ("watersic", 2.5), ("watersic", 3.0), ("gptq", 2.0), ("gptq", 3.0)]
+    assert calls == sorted(calls) and calls[-1] == pytest.approx(1.0)
+    alone = list(iter_sweep(_sigma(16), methods="gptq", rotations="identity", rates=[2, 3],
+                            rows=256))
+    assert [p.distortion for p in points[2:]] == [p.distortion for p in alone]
+    bad = plan_sweep(["gptq"], ["identity"], [3], rate_metric="column_entropy", rows=0)
+    with pytest.raises(WfvizError, match="rows must be a positive integer"):
+        next(iter_plan(_sigma(16), bad))
+
+
+def test_gap_table_at_the_payload_rate():
+    from wfviz.experiments import gap_table
+
+    pts = sweep(_sigma(16), methods="watersic", rotations="identity", rates=[3], rows=256)
+    full, payload = gap_table(pts)[0], gap_table(pts, gap="payload_gap_bits")[0]
+    assert full["R = 3"] == pts[0].gap_bits and payload["R = 3"] == pts[0].payload_gap_bits
+    assert payload["R = 3"] < full["R = 3"]  # the same distortion, against a lower rate's limit
+
+
+def test_damping_notice_reaches_the_callback():
+    from wfviz.experiments import iter_sweep
+
+    sigma = np.ones((8, 8))  # rank one, no dead feature: no Cholesky without damping
+    got = []
+    with pytest.warns(Warning):
+        list(iter_sweep(sigma, methods="watersic", rotations="identity", rates=[3], rows=256,
+                        damping=0.0, notice=got.append))
+    assert got and all("damping" in g for g in got)

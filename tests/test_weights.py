@@ -114,3 +114,44 @@ def test_layer_weights_equal_the_weights_transformers_loads():
     }
     for name, w in expected.items():
         np.testing.assert_array_equal(layer_weights(15, name), w.detach().numpy())
+
+
+def test_which_sources_have_real_weights(tmp_path, monkeypatch):
+    import sys
+
+    from wfviz.weights import source_weights, source_weights_reason
+
+    assert source_weights_reason("bundle:smollm2-135m-wikitext2/15/down") is None
+    assert source_weights_reason("bundle:smollm2-135m-wikitext2/0/qkv") is None
+    eig_only = source_weights_reason("bundle:smollm2-135m-wikitext2/7/down")
+    assert "Block 7 stores only the eigenvalues" in eig_only and "0, 15, 29" in eig_only
+    for spec in ("synthetic:ar1?n=8", "upload:0123", "not a source"):
+        assert "only for the bundled SmolLM2-135M layers" in source_weights_reason(spec)
+    with pytest.raises(WfvizError, match="Block 7"):
+        source_weights("bundle:smollm2-135m-wikitext2/7/down")
+    # a bundle of another model has no weights here
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _apptest import write_toy_bundle
+
+    monkeypatch.setenv("WFVIZ_DATA", str(tmp_path))
+    write_toy_bundle(tmp_path)
+    assert "was not made from SmolLM2-135M-Instruct.Q4_1.gguf" in source_weights_reason(
+        "bundle:toy/1/down")
+
+
+def test_missing_gguf_is_one_sentence_with_the_install_command(monkeypatch):
+    from wfviz.weights import source_weights
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(WfvizError) as exc:
+        source_weights("bundle:smollm2-135m-wikitext2/15/down")
+    assert str(exc.value).count(". ") == 0 and INSTALL_HINT in str(exc.value)
+
+
+@needs_gguf
+def test_source_weights_are_the_layer_weights():
+    from wfviz.weights import source_weights
+
+    W, label = source_weights("bundle:smollm2-135m-wikitext2/0/o")
+    np.testing.assert_array_equal(W, layer_weights(0, "o"))
+    assert label == weights_label(0, "o")

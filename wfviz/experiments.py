@@ -49,7 +49,6 @@ from .quantizers import get_method
 from .quantizers.base import cholesky_ex
 from .quantizers.gptq import GPTQPrepared
 from .quantizers.gptq_ec import GPTQECConfig, prepare_gptq_ec
-from .quantizers.watersic import WaterSICConfig
 from .rates import RATE_METRICS, column_entropy_bits, model_side_bits
 from .rotations import ROTATIONS
 from .theory import (
@@ -203,7 +202,8 @@ def _predicted(method: str, d: np.ndarray | None) -> tuple[float, str]:
     return gptq, "gptq-ec formula (reference only)"
 
 
-def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
+def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None,
+            damping: float = GPTQECConfig().damping) -> np.ndarray | None:
     """GPTQ's ``d_j = Var(X_j | X_{j+1..})`` of the damped Σ.
 
     GPTQ decides the columns first to last with the upper Cholesky factor ``U`` of
@@ -216,7 +216,7 @@ def _gptq_d(Sr: torch.Tensor, prep: GPTQPrepared | None) -> np.ndarray | None:
     if prep is not None:
         return (0.5 * prep.r_diag**2).cpu().numpy()
     H = Sr.flip(0, 1)
-    H.diagonal().add_(GPTQECConfig().damping * float(torch.diagonal(H).mean()))
+    H.diagonal().add_(damping * float(torch.diagonal(H).mean()))
     L, info = cholesky_ex(H)
     del H
     if info != 0:
@@ -252,15 +252,25 @@ class _Sweep:
     cancel: object
     keep_columns: bool
     given_weights: bool
+    damping: float | None = None
+    notice: object = None
+
+    def config(self, method: str):
+        """``method``'s config, with the sweep's damping for the entropy-coded methods."""
+        if self.damping is not None and method in _ENTROPY_METHODS:
+            return make_config(method, damping=self.damping)
+        return make_config(method)
 
 
 def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
     wb = working_basis(W, S, rot_name, seed=ctx.seed)
     start = time.perf_counter()
-    ec_prep = prepare_gptq_ec(wb.S) if "gptq-ec" in ctx.methods else None
+    ec_config = ctx.config("gptq-ec")
+    ec_prep = prepare_gptq_ec(wb.S, ec_config) if "gptq-ec" in ctx.methods else None
     ec_prep_s = time.perf_counter() - start
     powers = (column_entropy_powers(wb.W.cpu().numpy()) if ctx.given_weights else None)
-    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep), ec_prep, ec_prep_s, powers)
+    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep, ec_config.damping), ec_prep,
+                  ec_prep_s, powers)
 
 
 def _real_weight_prediction(ctx: _Sweep, method: str, b: _Basis, payload: float) -> float:
@@ -270,7 +280,7 @@ def _real_weight_prediction(ctx: _Sweep, method: str, b: _Basis, payload: float)
     m, n = b.wb.m, b.wb.n
     rate_live = payload * n / m
     if method == "watersic":
-        d = cholesky_diag(b.wb.S.cpu().numpy(), damping=WaterSICConfig().damping)
+        d = cholesky_diag(b.wb.S.cpu().numpy(), damping=ctx.config("watersic").damping)
         D = watersic_distortion_from_entropy(b.entropy_powers, d, rate_live)
     elif method in ("gptq-ec", "gptq", "rtn") and b.d is not None:
         D = gptq_ec_distortion_from_entropy(b.entropy_powers, b.d, rate_live)
@@ -287,7 +297,7 @@ def _method_points(ctx: _Sweep, spec, bases: list[_Basis], progress) -> list[lis
     search, GPTQ-EC's factor made with the basis) is shared out equally over the points.
     All bases have the same live features, so one list of method rates serves them all.
     """
-    cfg = make_config(spec.name)
+    cfg = ctx.config(spec.name)
     rates = [bases[0].wb.method_rate(r, spec.integer_rates) for r in ctx.rates]
     if spec.quantize_many is None:
         return [list(_single_points(ctx, spec, cfg, b, rates)) for b in bases]
@@ -372,9 +382,9 @@ def _group_points(ctx: _Sweep, group, device, done: set, progress, step: list) -
                 b.ec_prep = None  # before the next method allocates its own factors
         points = []
         for b, pts in zip(prepared, per_basis, strict=True):
-            note = damping_notice(m, make_config(m), pts[0][1].info, f" on {b.label}")
+            note = damping_notice(m, ctx.config(m), pts[0][1].info, f" on {b.label}")
             if note is not None:
-                notify(note)
+                notify(note, ctx.notice)
             dists = b.wb.distortions([out.W_hat for _, out, _ in pts])
             points += [_point(ctx, m, b, t, out, dist, secs)
                        for (t, out, secs), dist in zip(pts, dists, strict=True)]
@@ -400,8 +410,8 @@ def _share(progress, done: int, size: int, total: int):
 
 def iter_sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int = 0,
                device: str = "auto", rate_metric: str = "column_entropy", W=None,
-               progress=None, cancel=None, notice=None,
-               keep_columns: bool = False) -> Iterator[SweepPoint]:
+               progress=None, cancel=None, notice=None, keep_columns: bool = False,
+               damping: float | None = None) -> Iterator[SweepPoint]:
     """Quantize one weight matrix with every method × rotation × rate, point by point.
 
     Parameters
@@ -433,6 +443,9 @@ def iter_sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int =
         :class:`~wfviz.errors.WfvizWarning` in any case.
     keep_columns : bool
         Attach the per-column data of every point (:attr:`SweepPoint.columns`).
+    damping : float, optional
+        Relative damping of the entropy-coded methods (GPTQ-EC, WaterSIC) instead of their
+        configs' default, also in their predictions; GPTQ and RTN keep theirs.
 
     Yields
     ------
@@ -452,7 +465,9 @@ def iter_sweep(sigma, *, methods, rotations, rates, rows: int = 256, seed: int =
     S = bases[0][0]
     W64 = _weights(W, rows, S.shape[0], seed)
     ctx = _Sweep(W64, methods, rotations, rates, rate_metric, seed, _eigenvalues(sigma, S),
-                 float((W64**2).mean()), cancel, keep_columns, W is not None)
+                 float((W64**2).mean()), cancel, keep_columns, W is not None, damping, notice)
+    for m in methods:
+        ctx.config(m)  # a bad damping fails here, before any work
     dev = float64_device(resolve_device(device), notice)
     todo = list(zip(bases, rotations, strict=True))
     groups = [todo] if S.shape[0] <= BATCH_MAX_N else [[item] for item in todo]
@@ -488,15 +503,154 @@ def sweep(sigma, **kwargs) -> list[SweepPoint]:
     return order_points(points, kwargs["methods"], kwargs["rotations"])
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep will run, checked before it runs (:func:`plan_sweep`).
+
+    Attributes
+    ----------
+    rotations : tuple of str
+    method_rates : dict
+        Method → the target rates it will run, in the order the methods were asked for.
+    notes : tuple of str
+        One sentence each about what differs from the request (the grid methods' rounding).
+    errors : tuple of str
+        One sentence each about what stops the sweep; empty when it can run.
+    """
+
+    rotations: tuple
+    method_rates: dict
+    notes: tuple = ()
+    errors: tuple = ()
+
+    @property
+    def groups(self) -> list[tuple[list[str], list[float]]]:
+        """``(methods, rates)`` of the sweeps to run: methods that share their rates together."""
+        out: dict = {}
+        for method, rates in self.method_rates.items():
+            out.setdefault(tuple(rates), []).append(method)
+        return [(methods, list(rates)) for rates, methods in out.items()]
+
+    @property
+    def total(self) -> int:
+        """Points the sweep will produce."""
+        return len(self.rotations) * sum(len(r) for r in self.method_rates.values())
+
+
+def whole_bits(rates) -> list[float]:
+    """``rates`` rounded to whole bits (at least 1), without repeats, in increasing order: what
+    the fixed-grid methods (``gptq``, ``rtn``) run.
+
+    Examples
+    --------
+    >>> whole_bits([1.0, 1.8, 2.6, 3.4, 4.2, 5.0])
+    [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    return sorted({float(max(1, round(float(r)))) for r in rates})
+
+
+def _grid_note(grid: list[str], run: list[float]) -> str:
+    fmt = ", ".join(f"{r:g}" for r in run)
+    uses, runs = (("uses a grid", "it runs") if len(grid) == 1 else
+                  ("use grids", "they run"))
+    return (f"{' and '.join(grid)} {uses} of 2^b levels, so {runs} whole bits only: {fmt} "
+            "(the other rates rounded to the nearest whole bit).")
+
+
+def plan_sweep(methods, rotations, rates, *, rate_metric: str, rows: int,
+               n: int | None = None, live: int | None = None) -> SweepPlan:
+    """Check a sweep before running it, and say which rates each method will run.
+
+    Unlike :func:`check_sweep_args` it does not raise: every problem becomes one sentence of
+    ``errors``, so that a form can show them all at once. The fixed-grid methods (``gptq``,
+    ``rtn``) get the rates rounded to whole bits (:func:`whole_bits`), with a note. Given the
+    dimension ``n`` of Σ and its ``live`` (not dead) features, the entropy-coded methods' top
+    rate is checked against what ``rate_metric`` can read from ``rows`` rows
+    (:func:`wfviz.quantizers.search.check_target_rate`, side information left out, so a
+    rate that passes here can still be refused when the sweep runs).
+
+    Examples
+    --------
+    >>> plan = plan_sweep(["watersic", "gptq"], ["identity"], [2.5, 3.0],
+    ...                   rate_metric="parametric_coded", rows=256)
+    >>> plan.method_rates, plan.total, plan.errors
+    ({'watersic': [2.5, 3.0], 'gptq': [2.0, 3.0]}, 4, ())
+    >>> plan_sweep([], ["identity"], [3], rate_metric="column_entropy", rows=256).errors
+    ('Pick at least one method.',)
+    """
+    from .quantizers.search import check_target_rate
+
+    errors: list[str] = []
+    methods, rotations = list(methods), list(rotations)
+    if not methods:
+        errors.append("Pick at least one method.")
+    if not rotations:
+        errors.append("Pick at least one rotation.")
+    try:
+        asked = _check_rates(rates)
+    except WfvizError as exc:
+        return SweepPlan(tuple(rotations), {}, (), (*errors, str(exc)))
+    grid = [m for m in methods if m not in _ENTROPY_METHODS]
+    whole = whole_bits(asked)
+    method_rates = {m: (whole if m in grid else asked) for m in methods}
+    notes = (_grid_note(grid, whole),) if grid and whole != asked else ()
+    for group, group_rates in SweepPlan(tuple(rotations), method_rates).groups:
+        try:
+            check_sweep_args(group, rotations or ["identity"], group_rates, rate_metric, rows)
+        except WfvizError as exc:
+            errors.append(str(exc))
+    if not errors and n is not None and live:
+        for m in (m for m in methods if m in _ENTROPY_METHODS):
+            try:
+                check_target_rate(max(asked), a=rows, n=n, m=live, side_bits=0.0,
+                                  rate_metric=rate_metric, method=m)
+            except WfvizError as exc:
+                errors.append(str(exc))
+                break
+    return SweepPlan(tuple(rotations), method_rates, notes, tuple(errors))
+
+
+def iter_plan(sigma, plan: SweepPlan, *, progress=None, **kwargs) -> Iterator[SweepPoint]:
+    """:func:`iter_sweep` over every group of ``plan`` (same weights, seed and rotations), with
+    one ``progress`` over all of them.
+
+    Raises
+    ------
+    WfvizError
+        The plan's first error, if it has one.
+
+    Examples
+    --------
+    >>> plan = plan_sweep(["watersic", "gptq"], ["identity"], [2.5, 3.0],
+    ...                   rate_metric="column_entropy", rows=256)
+    >>> [(p.method, p.target_rate) for p in iter_plan(np.eye(4), plan, rows=256,
+    ...                                               rate_metric="column_entropy")]
+    [('watersic', 2.5), ('watersic', 3.0), ('gptq', 2.0), ('gptq', 3.0)]
+    """
+    if plan.errors:
+        raise WfvizError(plan.errors[0])
+    done, total = 0, plan.total
+    for methods, rates in plan.groups:
+        size = len(methods) * len(rates) * len(plan.rotations)
+        inner = (None if progress is None else
+                 lambda f, msg, d=done, s=size: progress((d + min(f, 1.0) * s) / total, msg))
+        yield from iter_sweep(sigma, methods=methods, rotations=plan.rotations, rates=rates,
+                              progress=inner, **kwargs)
+        done += size
+
+
 def order_points(points: list[SweepPoint], methods, rotations) -> list[SweepPoint]:
     """``points`` sorted by rotation, then method, in the order the sweep was asked for."""
     methods, rotations = _names(methods, "method"), _names(rotations, "rotation")
     return sorted(points, key=lambda p: (rotations.index(p.rotation), methods.index(p.method)))
 
 
-def gap_table(points) -> list[dict]:
+def gap_table(points, gap: str = "gap_bits") -> list[dict]:
     """Measured gap to the IT limit in bits: one row per method · rotation, one column per
     target rate (``"R = 3"``), and the high-rate prediction (``"high-rate theory"``).
+
+    ``gap="payload_gap_bits"`` gives the gap at the payload rate, which is what the high-rate
+    prediction is about; the default is the gap at the full rate.
 
     Examples
     --------
@@ -509,7 +663,7 @@ def gap_table(points) -> list[dict]:
     for p in _as_rows(points):
         key = f"{p['method']} · {p['rotation']}"
         row = rows.setdefault(key, {"method · rotation": key})
-        row[f"R = {p['target_rate']:g}"] = p["gap_bits"]
+        row[f"R = {p['target_rate']:g}"] = p[gap]
         row.setdefault("high-rate theory", p["predicted_gap_bits"])
     for row in rows.values():  # the prediction last, after every rate
         row["high-rate theory"] = row.pop("high-rate theory")

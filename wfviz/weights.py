@@ -189,3 +189,74 @@ def weights_label(block: int, input: str) -> str:
         raise WfvizError(f"Unknown layer input {input!r}; choose one of "
                          f"{', '.join(LAYER_INPUTS)}.")
     return f"{WEIGHTS_LABEL} · block {block} · {'/'.join(_PROJECTIONS[input])} weights"
+
+
+def source_weights_reason(spec: str) -> str | None:
+    """Why the real weights cannot go with the Σ_X source ``spec``, or None when they can.
+
+    They exist for a bundle made from the GGUF (its manifest lists :data:`GGUF_FILE`), and
+    only for the blocks the bundle stores in full: a quantizer needs the whole Σ_X. This does
+    not read the GGUF (see :func:`source_weights`).
+
+    Examples
+    --------
+    >>> source_weights_reason("synthetic:ar1?n=8")
+    'Real weights exist only for the bundled SmolLM2-135M layers; pick a bundled block marked \
+"full Σ_X" in the sidebar.'
+    """
+    from .bundles import load_bundle
+    from .sources import parse_source
+
+    where = "pick a bundled block marked \"full Σ_X\" in the sidebar"
+    try:
+        source = parse_source(spec) if isinstance(spec, str) else None
+    except WfvizError:
+        source = None
+    if source is None or source.kind != "bundle":
+        return f"Real weights exist only for the bundled SmolLM2-135M layers; {where}."
+    bundle = load_bundle(source.path)
+    if GGUF_FILE not in (bundle.manifest.get("model", {}).get("files") or {}):
+        return (f"Bundle '{bundle.name}' was not made from {GGUF_FILE}, so wfviz has no weights "
+                f"for it; {where}.")
+    full = sorted(b for b, i, _, has_full in bundle.layers if has_full and i == source.layer_input)
+    if source.block not in full:
+        return (f"Block {source.block} stores only the eigenvalues of Σ_X, and quantizing the "
+                f"real weights needs the full matrix; pick one of blocks "
+                f"{', '.join(map(str, full)) or '(none here)'}.")
+    return None
+
+
+def source_weights(spec: str) -> tuple[np.ndarray, str]:
+    """The real weights that read the bundle layer ``spec``, and their label.
+
+    Parameters
+    ----------
+    spec : str
+        A SOURCE string ``bundle:<name>/<block>/<input>`` of a block stored in full.
+
+    Returns
+    -------
+    W : ndarray, shape (a, n), float32
+        :func:`layer_weights` of that block and input.
+    label : str
+        :func:`weights_label`.
+
+    Raises
+    ------
+    WfvizError
+        The reason of :func:`source_weights_reason`, or the GGUF is not installed.
+
+    Examples
+    --------
+    >>> W, label = source_weights("bundle:smollm2-135m-wikitext2/15/down")  # doctest: +SKIP
+    >>> W.shape  # doctest: +SKIP
+    (576, 1536)
+    """
+    from .sources import parse_source
+
+    reason = source_weights_reason(spec)
+    if reason is not None:
+        raise WfvizError(reason)
+    source = parse_source(spec)
+    return (layer_weights(source.block, source.layer_input),
+            weights_label(source.block, source.layer_input))

@@ -125,9 +125,50 @@ def dr_figure(rows, eigenvalues: np.ndarray, gaps: dict[str, float],
     return _legend_right(fig)
 
 
+def _payload(row: dict) -> tuple[float, float]:
+    """``(payload rate, gap there)`` of a point; the full ones for rows without side bits."""
+    if "payload_gap_bits" in row and "side_bits" in row:
+        return row["rate"] - row["side_bits"], row["payload_gap_bits"]
+    return row["rate"], row["gap_bits"]
+
+
+def _constant_predictions(rows: list[dict]) -> bool:
+    """Whether every method · rotation has one prediction and WaterSIC's is the 0.2546 bit
+    (Gaussian rows); otherwise (given weights) each point has its own."""
+    seen: dict = {}
+    for r in rows:
+        if r.get("predicted_gap_bits") is None:
+            continue
+        seen.setdefault((r["method"], r["rotation"]), set()).add(round(r["predicted_gap_bits"], 9))
+    return all(len(v) == 1 for v in seen.values()) and all(
+        v == {round(WATERSIC_GAP_BITS, 9)} for (m, _), v in seen.items() if m == "watersic")
+
+
+def _prediction_lines(fig: go.Figure, rows: list[dict], rotations: list[str]) -> None:
+    """One line per method · rotation through its points' own predictions."""
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for rot in rotations:
+            pts = sorted((_payload(r)[0], r["predicted_gap_bits"]) for r in rows
+                         if r["method"] == method and r["rotation"] == rot
+                         and r.get("predicted_gap_bits") is not None)
+            if pts:
+                fig.add_trace(go.Scatter(
+                    x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", **_THEORY,
+                    name=f"{method} · {rot}: predicted for these weights",
+                    line=dict(color=_color(rotations, rot), width=1.5,
+                              dash="solid" if method == "watersic" else "dash")))
+
+
 def gap_figure(rows, gaps: dict[str, float], rate_axis: str,
                bias: tuple[np.ndarray, np.ndarray, int] | None = None) -> go.Figure:
-    """Measured gap to the IT limit in bits, with the high-rate predictions as lines.
+    """Measured gap to the IT limit at the payload rate, with the high-rate predictions.
+
+    The high-rate theory ignores side information (O(1/a) bits per weight), so the points are
+    like with like: x is the payload rate ``rate − side_bits`` and y ``payload_gap_bits``
+    (rows without those columns are drawn at their full rate and ``gap_bits``). For Gaussian
+    rows the predictions are lines: WaterSIC's 0.2546 bit and, from ``gaps``
+    (:func:`gptq_gaps`), GPTQ-EC's per rotation. For given weights every point has its own
+    prediction (their entropy powers), drawn as one line per method · rotation.
 
     ``bias``: ``(rates, bits, rows)``, the plug-in entropy's expected shortfall with that many
     codes per column (:func:`wfviz.rates.plugin_entropy_bias`); drawn as the WaterSIC line
@@ -138,31 +179,40 @@ def gap_figure(rows, gaps: dict[str, float], rate_axis: str,
     >>> rows = [{"method": "watersic", "rotation": "identity", "rate": 3.0, "gap_bits": 0.26}]
     >>> gap_figure(rows, {}, "rate (bits/weight, per-column entropy)").data[-1].name
     'watersic · identity'
+    >>> row = dict(rows[0], side_bits=0.1, payload_gap_bits=0.25, predicted_gap_bits=0.31)
+    >>> [t.name for t in gap_figure([row], {}, "payload rate").data][:1]
+    ['watersic · identity: predicted for these weights']
     """
     rows = _rows(rows)
-    rates = [r["rate"] for r in rows]
+    rates = [_payload(r)[0] for r in rows]
     ends = [min(rates) - 0.1, max(rates) + 0.1]
-    fig = go.Figure(go.Scatter(x=ends, y=[WATERSIC_GAP_BITS] * 2, mode="lines", **_THEORY,
-                               name=f"WaterSIC: {WATERSIC_GAP_BITS:.4f} bit, any basis",
-                               line=dict(color=CODED, width=2)))
+    rotations = list(dict.fromkeys([*gaps, *(r["rotation"] for r in rows)]))
+    fig = go.Figure()
+    if _constant_predictions(rows):
+        fig.add_trace(go.Scatter(x=ends, y=[WATERSIC_GAP_BITS] * 2, mode="lines", **_THEORY,
+                                 name=f"WaterSIC: {WATERSIC_GAP_BITS:.4f} bit, any basis",
+                                 line=dict(color=CODED, width=2)))
+        for i, (rot, gap) in enumerate(gaps.items()):
+            pred = WATERSIC_GAP_BITS + gap
+            fig.add_trace(go.Scatter(x=ends, y=[pred] * 2, mode="lines", **_THEORY,
+                                     name=f"GPTQ-EC · {rot}: {pred:.3f} bit",
+                                     line=dict(color=_color(rotations, rot),
+                                               dash=_DASHES[i % len(_DASHES)], width=1.5)))
+    else:
+        _prediction_lines(fig, rows, rotations)
     if bias is not None:
         x, b, n_rows = bias
         fig.add_trace(go.Scatter(
             x=x, y=WATERSIC_GAP_BITS - np.asarray(b), mode="lines", **_THEORY,
             name=f"WaterSIC as read from {n_rows} codes per column", line=dict(
                 color=CODED, width=1.5, dash="dot")))
-    rotations = list(dict.fromkeys([*gaps, *(r["rotation"] for r in rows)]))
-    for i, (rot, gap) in enumerate(gaps.items()):
-        pred = WATERSIC_GAP_BITS + gap
-        fig.add_trace(go.Scatter(x=ends, y=[pred] * 2, mode="lines", **_THEORY,
-                                 name=f"GPTQ-EC · {rot}: {pred:.3f} bit",
-                                 line=dict(color=_color(rotations, rot),
-                                           dash=_DASHES[i % len(_DASHES)], width=1.5)))
-    _points(fig, rows, rotations, "gap_bits")
+    payload = [dict(r, rate=_payload(r)[0], gap=_payload(r)[1]) for r in rows]
+    _points(fig, payload, rotations, "gap")
     fig.add_hline(y=0.0, line=dict(color=INK, width=1))
     fig.add_annotation(xref="paper", x=0, y=0, yref="y", text="IT limit", showarrow=False,
                        xanchor="left", yanchor="bottom", font=dict(color=INK, size=11))
-    fig = style_figure(fig, "Gap to the information-theoretic limit, ½·log2(D / D_IT(R))",
+    fig = style_figure(fig, "Gap to the information-theoretic limit at the payload rate, "
+                            "½·log2(D / D_IT(R − side))",
                        rate_axis, "gap (bits per weight)", height=460)
     return _legend_right(fig)
 
