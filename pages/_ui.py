@@ -55,23 +55,33 @@ MAX_SEED = 2**31 - 1
 PRESENTER_KEY = "presenter"
 """Session-state key of the sidebar's presenter-mode toggle (it holds on every page)."""
 PRESENTER_FONT = 17
-"""Chart font size in presenter mode (titles get 4 more)."""
+"""Chart font size in presenter mode (titles get 3 more)."""
+PRESENTER_TITLE_CHARS = 40
+"""Chart titles wrap after about this many characters in presenter mode: a half-width chart
+on a 1280-pixel screen holds about 40 characters of its title."""
+PRESENTER_LINE_PX = 26
+PRESENTER_LEGEND_DROP, PRESENTER_LEGEND_PX = 0.12, 50
 # Larger text for a projector. Formulas grow less than the text so that the long ones still fit
 # a 1280-pixel screen; display formulas may wrap their widest line into a scroll box only as a
 # last resort. Slider labels get room above the thumb's value, which would otherwise cover them.
 PRESENTER_CSS = """<style>
-[data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li,
-[data-testid="stCaptionContainer"] p {font-size: 1.35rem !important;}
-[data-testid="stMarkdownContainer"] .katex {font-size: 1.05em !important;}
-.katex-display > .katex {font-size: 1.3em !important;}
-.katex-display {overflow-x: auto; overflow-y: hidden; padding: 0.2em 0;}
-[data-testid="stMetricValue"], [data-testid="stMetricValue"] > div {font-size: 2.6rem !important;
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] p,
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] li {font-size: 1.35rem !important;}
+[data-testid="stMain"] [data-testid="stCaptionContainer"] p {font-size: 1.15rem !important;}
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] .katex {font-size: 1.05em !important;}
+[data-testid="stMain"] .katex-display > .katex {font-size: 1.3em !important;}
+[data-testid="stMain"] .katex-display {overflow-x: auto; overflow-y: hidden; padding: 0.2em 0;}
+[data-testid="stMain"] [data-testid="stMetricValue"],
+[data-testid="stMain"] [data-testid="stMetricValue"] p {font-size: 2.6rem !important;
  line-height: 1.25 !important;}
-[data-testid="stMetricLabel"] p, [data-testid="stWidgetLabel"] p,
-[data-testid="stWidgetLabel"] {font-size: 1.2rem !important;}
-[data-testid="stSlider"] [data-testid="stWidgetLabel"] {margin-bottom: 1.6rem !important;}
-[data-testid="stSliderThumbValue"], [data-testid="stSliderTickBar"] {font-size: 1.05rem !important;}
-h1 {font-size: 3.0rem !important;} h2, h3 {font-size: 2.2rem !important;}
+[data-testid="stMain"] [data-testid="stMetricLabel"] p,
+[data-testid="stMain"] [data-testid="stWidgetLabel"] p {font-size: 1.2rem !important;}
+[data-testid="stMain"] [data-testid="stSlider"] [data-testid="stWidgetLabel"] {
+ margin-bottom: 1.6rem !important;}
+[data-testid="stMain"] [data-testid="stSliderThumbValue"],
+[data-testid="stMain"] [data-testid="stSliderTickBar"] {font-size: 1.05rem !important;}
+[data-testid="stMain"] h1 {font-size: 3.0rem !important;}
+[data-testid="stMain"] h2, [data-testid="stMain"] h3 {font-size: 2.2rem !important;}
 </style>"""
 
 _KINDS = {"bundled": "Bundled model", "synthetic": "Synthetic", "uploaded": "Upload"}
@@ -346,7 +356,28 @@ def presenter() -> bool:
 def chart(fig, key: str, container=None) -> None:
     """``st.plotly_chart`` (full width) of ``fig``, with larger fonts in presenter mode."""
     if presenter():
-        fig.update_layout(font=dict(size=PRESENTER_FONT), title_font_size=PRESENTER_FONT + 4)
+        from wfviz.plots import wrap_title
+
+        title = wrap_title(fig.layout.title.text or "", PRESENTER_TITLE_CHARS)
+        extra = PRESENTER_LINE_PX * title.count("<br>")
+        fig.update_layout(font=dict(size=PRESENTER_FONT), title=dict(
+            text=title or None, font_size=PRESENTER_FONT + 3),
+            margin_t=(fig.layout.margin.t or 50) + extra,
+            height=(fig.layout.height + extra) if fig.layout.height else None)
+        # Streamlit's chart theme sets the tick, axis-title and legend sizes one by one, and
+        # those win over layout.font: enlarge each.
+        fig.update_xaxes(tickfont_size=PRESENTER_FONT - 1, title_font_size=PRESENTER_FONT,
+                         automargin=True)
+        fig.update_yaxes(tickfont_size=PRESENTER_FONT - 1, title_font_size=PRESENTER_FONT,
+                         automargin=True)
+        fig.update_layout(legend_font_size=PRESENTER_FONT - 1,
+                          legend_title_font_size=PRESENTER_FONT - 1)
+        legend = fig.layout.legend
+        if legend.orientation == "h" and (legend.y or 0) < 0:
+            # larger ticks and axis titles need more room above a legend under the plot
+            fig.update_layout(legend_y=legend.y - PRESENTER_LEGEND_DROP,
+                              margin_b=(fig.layout.margin.b or 90) + PRESENTER_LEGEND_PX,
+                              height=(fig.layout.height or 420) + PRESENTER_LEGEND_PX)
         fig.update_annotations(font_size=PRESENTER_FONT - 2)
     (container or st).plotly_chart(fig, width="stretch", key=key)
 

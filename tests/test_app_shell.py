@@ -129,3 +129,29 @@ def test_source_survives_page_switches():
     at.switch_page("pages/covariance.py").run()
     assert at.session_state["wfviz_source"] == src
     assert metric(at, "n (input features)") == "64"
+
+
+@pytest.mark.usefixtures("spiked_default")
+def test_presenter_mode_holds_on_every_page():
+    from _apptest import figure
+
+    from pages._ui import PRESENTER_CSS, PRESENTER_FONT
+
+    at = start()
+    assert not at.sidebar.toggle(key="presenter").value
+    assert not any(m.value == PRESENTER_CSS for m in at.markdown)
+    at.sidebar.toggle(key="presenter").set_value(True).run()
+    for page, chart in (("pages/waterfilling.py", "wf_vessel"),
+                        ("pages/learn.py", "learn_fig_plane"),
+                        ("pages/covariance.py", "cov_spectrum")):
+        at.switch_page(page).run()
+        assert not at.exception, page
+        assert at.sidebar.toggle(key="presenter").value, page
+        assert any(m.value == PRESENTER_CSS for m in at.markdown), page
+        layout = figure(at, chart)["layout"]
+        assert layout["font"]["size"] == PRESENTER_FONT and layout["title"]["font"]["size"] > \
+            PRESENTER_FONT, page
+    at.sidebar.toggle(key="presenter").set_value(False).run()
+    assert not any(m.value == PRESENTER_CSS for m in at.markdown)
+    assert "font" not in figure(at, "cov_spectrum")["layout"] or figure(
+        at, "cov_spectrum")["layout"]["font"].get("size") != PRESENTER_FONT

@@ -288,3 +288,26 @@ def test_damping_notice_reaches_the_callback():
         list(iter_sweep(sigma, methods="watersic", rotations="identity", rates=[3], rows=256,
                         damping=0.0, notice=got.append))
     assert got and all("damping" in g for g in got)
+
+
+def test_preparing_and_measuring_report_progress_and_obey_cancel():
+    """The steps outside the methods' loops (a basis, each point's distortion) report and poll
+    cancel too: at a large a × n each takes seconds."""
+    from wfviz.errors import Cancelled
+    from wfviz.experiments import iter_sweep
+
+    messages, stop = [], []
+
+    def progress(f, msg):
+        messages.append(msg)
+        if "measuring the distortion of point 2" in msg:
+            stop.append(True)
+
+    got = []
+    with pytest.raises(Cancelled):
+        for p in iter_sweep(_sigma(16), methods="watersic", rotations="identity,haar",
+                            rates=[2, 3], rows=128, progress=progress, cancel=lambda: bool(stop)):
+            got.append(p)
+    assert not got  # cancelled while measuring the first method's points
+    assert any(m.startswith("preparing the haar basis") for m in messages)
+    assert "watersic on identity: measuring the distortion of point 1 of 4" in messages

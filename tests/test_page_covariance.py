@@ -87,3 +87,16 @@ def test_close_outlier_labels_go_on_both_sides():
     where = dict(zip(array(marks["x"]).astype(int), marks["textposition"], strict=True))
     assert where[514] != where[541] and where[1254] != where[1300]
     assert where[402] == "top center"
+
+
+def test_haar_prediction_is_the_mean_over_rotations_with_its_spread():
+    from wfviz.stats import haar_gap
+
+    at = start(src=SPIKED, page=PAGE)
+    gaps = at.dataframe[0].value
+    row = gaps.loc[gaps["basis"].str.startswith("Haar")].iloc[0]
+    h = haar_gap(resolve_source(SPIKED))
+    assert row["predicted gap (bits per weight)"] == pytest.approx(h["mean"], rel=1e-12)
+    assert row["± sd"] == pytest.approx(h["std"], rel=1e-12) and h["std"] > 0
+    assert f"over {h['seeds']} random rotations" in row["note"]
+    assert gaps.loc[gaps["basis"].str.startswith("identity"), "± sd"].isna().all()

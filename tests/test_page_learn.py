@@ -76,13 +76,9 @@ def test_step_link_and_waterfilling_example():
 
 def test_sic_step_feedback_leaves_each_column_its_rounding_error():
     at = _step(3)
-    at.toggle(key="learn_presenter").set_value(True).run()
-    assert not at.exception
     assert float(metric(at, "Σ log2 d_j")) == pytest.approx(float(metric(at, "log2 det Σ_X")),
                                                             abs=1e-3)
-    assert any("font-size" in m.value for m in at.markdown)
     errors = figure(at, "learn_fig_sic_err")
-    assert errors["layout"]["font"]["size"] == 17  # presenter mode enlarges the charts too
     c2_12 = array(trace(errors, "c²/12")["y"])[0]
     with_fb = array(trace(errors, "SIC (with feedback)")["y"])
     without = array(trace(errors, "without feedback")["y"])
@@ -153,3 +149,42 @@ def test_bad_step_param_falls_back_to_first_step():
     at.query_params["step"] = "banana"
     at.switch_page(PAGE).run()
     assert not at.exception and _title(at).startswith("1")
+
+
+def test_glossary_comes_first_and_the_sidebar_links_to_it_open():
+    from wfviz.glossary import GLOSSARY
+
+    at = _step(2)
+    (glossary,) = [e for e in at.expander if e.label.startswith("Glossary")]
+    text = " ".join(m.value for m in glossary.markdown)
+    for term in ("SIC", "AM/GM", "d_j", "Σ_X", "rate metric", "parametric_coded",
+                 "column_entropy"):
+        assert f"**{term}**: {GLOSSARY[term]}" in text
+    assert "perplexity" not in text  # the whole-model terms are not on these pages
+    first = next(iter(at.main.children.values()))
+    assert type(first).__name__ == "Expander" and first.label == glossary.label  # before all
+    assert not glossary.proto.expanded
+    links = [p for p in at.sidebar.get("page_link") if p.proto.label == "Glossary of terms"]
+    assert [(p.proto.page, p.proto.query_string) for p in links] == [("learn", "glossary=open")]
+    at = start(src=SMALL)
+    at.query_params["glossary"] = "open"
+    at.switch_page(PAGE).run()
+    (glossary,) = [e for e in at.expander if e.label.startswith("Glossary")]
+    assert glossary.proto.expanded
+
+
+def test_rotation_step_shows_the_haar_gap_as_mean_and_spread():
+    from wfviz.covariance_io import validate_covariance
+    from wfviz.sources import synthetic
+    from wfviz.stats import haar_gap
+
+    at = _step(5)
+    at.selectbox(key="learn_rot").set_value("haar").run()
+    assert not at.exception
+    spikes = at.slider(key="learn_spikes").value
+    diag = np.ones(32)
+    diag[:spikes] = 300.0
+    sigma = synthetic("ar1", 32, rho=0.5).matrix * np.sqrt(np.outer(diag, diag))
+    h = haar_gap(validate_covariance(sigma))
+    assert metric(at, "GPTQ gap, Haar (bits, mean ± sd of 5)") == (
+        f"{h['mean']:.3f} ± {h['std']:.3f}")

@@ -110,3 +110,14 @@ def test_large_d_is_drawn_as_dots_under_its_level_lines():
     np.testing.assert_allclose(array(trace(fig, "GM(d)")["y"]), np.exp(np.log(d).mean()))
     rates = trace(figure(at, "wf_col_rates"), "WaterSIC R_j")
     assert rates["mode"] == "markers"
+
+
+def test_haar_gap_is_shown_as_mean_and_spread_never_one_draw():
+    from wfviz.stats import haar_gap
+
+    at = start(src=SPIKED, page=PAGE)
+    at.selectbox(key="wf_rotation").set_value("haar").run()
+    assert not at.exception
+    h = haar_gap(resolve_source(SPIKED))
+    assert metric(at, "predicted gap GPTQ − WaterSIC") == f"{h['mean']:.3f} ± {h['std']:.3f} bits"
+    assert metric(at, "AM(d)/GM(d)") == f"{2 ** (2 * h['mean']):.4g}"

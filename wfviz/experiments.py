@@ -367,27 +367,51 @@ def _point(ctx: _Sweep, method, b: _Basis, target, out, distortion, seconds) -> 
                       columns=_kept(method, out) if ctx.keep_columns else None)
 
 
+def _poll(ctx: _Sweep, progress, fraction: float, message: str) -> None:
+    """Between the long steps that the methods' own loops do not cover (preparing a basis,
+    measuring a point's distortion): report, and stop if cancelled."""
+    if ctx.cancel is not None and ctx.cancel():
+        raise Cancelled("The sweep was cancelled.")
+    if progress is not None:
+        progress(fraction, message)
+
+
 def _group_points(ctx: _Sweep, group, device, done: set, progress, step: list) -> Iterator:
     """``((rotations, method), points)`` of every method on one group of rotations."""
     W = ctx.W.to(device)
-    prepared = [_basis(ctx, W, S.to(device), rot_name, label) for (S, rot_name), label in group]
+    prepared = []
+    for (S, rot_name), label in group:
+        _poll(ctx, progress, step[0] / step[1], f"preparing the {label} basis")
+        prepared.append(_basis(ctx, W, S.to(device), rot_name, label))
     for m in ctx.methods:
         key = (tuple(b.label for b in prepared), m)
         if key in done:
             continue
-        inner = _share(progress, step[0], len(prepared), step[1])
-        per_basis = _method_points(ctx, get_method(m), prepared, inner)
+        shared = _share(progress, step[0], len(prepared), step[1])
+        last = [step[0] / step[1]]  # the method's last report: the measuring goes on from it
+
+        def inner(f, msg, shared=shared, last=last):
+            shared(f, msg)
+            last[0] = max(last[0], (step[0] + min(f, 1.0) * len(prepared)) / step[1])
+
+        per_basis = _method_points(ctx, get_method(m), prepared,
+                                   None if progress is None else inner)
         if m == "gptq-ec":
             for b in prepared:
                 b.ec_prep = None  # before the next method allocates its own factors
         points = []
+        count = sum(len(pts) for pts in per_basis)
         for b, pts in zip(prepared, per_basis, strict=True):
             note = damping_notice(m, ctx.config(m), pts[0][1].info, f" on {b.label}")
             if note is not None:
                 notify(note, ctx.notice)
-            dists = b.wb.distortions([out.W_hat for _, out, _ in pts])
-            points += [_point(ctx, m, b, t, out, dist, secs)
-                       for (t, out, secs), dist in zip(pts, dists, strict=True)]
+            for t, out, secs in pts:  # one at a time: seconds each for a large a × n
+                end = (step[0] + len(prepared)) / step[1]
+                _poll(ctx, progress, last[0] + (end - last[0]) * len(points) / count,
+                      f"{m} on {b.label}: measuring the distortion of point "
+                      f"{len(points) + 1} of {count}")
+                (dist,) = b.wb.distortions([out.W_hat])
+                points.append(_point(ctx, m, b, t, out, dist, secs))
         del per_basis  # its outputs hold Ŵ and the codes of every point
         step[0] += len(prepared)
         if progress is not None:

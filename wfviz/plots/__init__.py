@@ -7,7 +7,7 @@ A notebook gets the same figures as the app from ``import wfviz``::
 One layer's Σ_X (:mod:`wfviz.plots.layer`)
     spectrum_figure, diagonal_figure, heatmap_figure, vessel_figure, rates_figure,
     dr_curve_figure, cholesky_figure, column_rates_figure; helpers style_figure, plot_index,
-    block_average, correlation_matrix, top_channels, log_tick_text
+    block_average, correlation_matrix, top_channels, log_tick_text, wrap_title
 A sweep (:mod:`wfviz.plots.sweeps`)
     dr_figure, gap_figure, column_rate_figure, gptq_gaps
 
@@ -38,6 +38,7 @@ from .layer import (
     style_figure,
     top_channels,
     vessel_figure,
+    wrap_title,
 )
 from .sweeps import column_rate_figure, dr_figure, gap_figure, gptq_gaps
 
@@ -46,4 +47,4 @@ __all__ = ["CODED", "HEATMAP_SIZE", "INK", "MAX_BARS", "MAX_POINTS", "OUTLIER_RA
            "correlation_matrix", "diagonal_figure", "dr_curve_figure", "dr_figure",
            "gap_figure", "gptq_gaps", "heatmap_figure", "label_positions", "log_tick_text",
            "plot_index", "rates_figure", "spectrum_figure", "style_figure", "top_channels",
-           "vessel_figure"]
+           "vessel_figure", "wrap_title"]

@@ -39,6 +39,26 @@ def plot_index(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
 
 
+def wrap_title(text: str, width: int) -> str:
+    """``text`` with ``<br>`` between words so that no line is much longer than ``width``
+    characters: Plotly never wraps a title, and a large font cuts a long one off.
+
+    Examples
+    --------
+    >>> wrap_title("Distortion per column at the same mean rate", 20)
+    'Distortion per column<br>at the same mean rate'
+    >>> wrap_title("Short", 20)
+    'Short'
+    """
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width + 2:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 def style_figure(fig: go.Figure, title: str, x: str, y: str, *, log_y: bool = False,
                  height: int = 420) -> go.Figure:
     # One update_layout call: plotly validates every property assignment, and three calls
