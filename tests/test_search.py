@@ -127,3 +127,21 @@ def test_driver_groups_problems_by_shape_and_runs_one_pass_per_round():
     # the first round: one loop for the two problems of 256 rows, one for the 128-row one
     assert sorted(c[:2] for c in calls[:2]) == [(1, 1), (2, 1)]
     assert all(p.passes_run >= 1 for p in probs)
+
+
+def test_cancel_is_polled_between_the_candidates_a_pass_measured():
+    """After a pass, each candidate's coded size is counted (seconds at a large a × n): a
+    cancel that comes in then stops the search there, not a whole round later."""
+    from wfviz.errors import Cancelled
+    from wfviz.quantizers.gptq_ec import quantize_gptq_ec_rates
+
+    W = torch.randn(256, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def cancel():  # the pass polls once (16 columns, one block); then the measuring begins
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled, match="search was cancelled"):
+        quantize_gptq_ec_rates(W, torch.eye(16, dtype=torch.float64), [3.0, 4.0],
+                               rate_metric="parametric_coded", cancel=cancel)

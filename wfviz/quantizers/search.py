@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import WfvizError
+from ..errors import Cancelled, WfvizError
 from ..rates import (
     FAST_ESTIMATE_METRICS,
     log2_step_for_entropy,
@@ -349,6 +349,8 @@ def _run_group(problems, members, todo, kernel, factors, precision, noise_limit,
         p = problems[i]
         p.passes_run += 1
         for u, cand in zip(todo[i], candidates, strict=False):  # the padding is not measured
+            if cancel is not None and cancel():  # a coded size of a large a × n takes a while
+                raise Cancelled("The search was cancelled.")
             measured, column_rates = measure_rate(cand.codes, rate_metric,
                                                   side_info_bits=p.side_bits, exact=False)
             p.search.add(u, measured, (cand, column_rates))
