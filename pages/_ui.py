@@ -58,7 +58,8 @@ PRESENTER_FONT = 17
 """Chart font size in presenter mode (titles get 3 more)."""
 PRESENTER_TITLE_CHARS = 40
 """Chart titles wrap after about this many characters in presenter mode: a half-width chart
-on a 1280-pixel screen holds about 40 characters of its title."""
+(in a column) on a 1280-pixel screen holds about 40 characters of its title, a full-width one
+twice as many."""
 PRESENTER_LINE_PX = 26
 PRESENTER_LEGEND_DROP, PRESENTER_LEGEND_PX = 0.12, 50
 # Larger text for a projector. Formulas grow less than the text so that the long ones still fit
@@ -78,8 +79,8 @@ PRESENTER_CSS = """<style>
 [data-testid="stMain"] [data-testid="stWidgetLabel"] p {font-size: 1.2rem !important;}
 [data-testid="stMain"] [data-testid="stSlider"] [data-testid="stWidgetLabel"] {
  margin-bottom: 1.6rem !important;}
-[data-testid="stMain"] [data-testid="stSliderThumbValue"],
-[data-testid="stMain"] [data-testid="stSliderTickBar"] {font-size: 1.05rem !important;}
+[data-testid="stMain"] [data-testid="stSliderThumbValue"] p,
+[data-testid="stMain"] [data-testid="stSliderTickBar"] p {font-size: 1.05rem !important;}
 [data-testid="stMain"] h1 {font-size: 3.0rem !important;}
 [data-testid="stMain"] h2, [data-testid="stMain"] h3 {font-size: 2.2rem !important;}
 </style>"""
@@ -354,11 +355,13 @@ def presenter() -> bool:
 
 
 def chart(fig, key: str, container=None) -> None:
-    """``st.plotly_chart`` (full width) of ``fig``, with larger fonts in presenter mode."""
+    """``st.plotly_chart`` of ``fig`` filling ``container`` (a column, or the page when None),
+    with larger fonts in presenter mode."""
     if presenter():
         from wfviz.plots import wrap_title
 
-        title = wrap_title(fig.layout.title.text or "", PRESENTER_TITLE_CHARS)
+        chars = PRESENTER_TITLE_CHARS * (1 if container is not None else 2)
+        title = wrap_title(fig.layout.title.text or "", chars)
         extra = PRESENTER_LINE_PX * title.count("<br>")
         fig.update_layout(font=dict(size=PRESENTER_FONT), title=dict(
             text=title or None, font_size=PRESENTER_FONT + 3),

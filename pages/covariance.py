@@ -70,20 +70,20 @@ why = {n.split("]", 1)[0].removeprefix("gap_bits["): n.split("]: ", 1)[-1]
 haar = stats.get("haar_gap")
 # Haar: the mean over random rotations, never one draw, with its spread next to it.
 gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g,
-             "± sd": haar["std"] if r == "haar" and haar else None,
+             "± sd": f"± {haar['std']:.3f}" if r == "haar" and haar else "",
              "note": (f"mean ± sd over {haar['seeds']} random rotations (min {haar['min']:.3f}, "
                       f"max {haar['max']:.3f})" if r == "haar" and haar else why.get(r, ""))}
             for r, g in stats["gap_bits"].items()]
 st.dataframe(pd.DataFrame(gap_rows), hide_index=True, key="cov_gaps",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("predicted gap (bits per weight)", "± sd")})
+             column_config={"predicted gap (bits per weight)": st.column_config.NumberColumn(
+                 format="%.3f")})
 st.caption("GPTQ decides the columns first to last, so these gaps use the d it sees, "
            "d_j = Var(X_j | X_>j): the same product as WaterSIC's Var(X_j | X_<j), another AM "
            "(act-order, largest E[x_j²] first, is designed for that order).")
 
 left, right = st.columns(2)
 with left:
-    chart(spectrum_figure(cov.eigenvalues), "cov_spectrum")
+    chart(spectrum_figure(cov.eigenvalues), "cov_spectrum", left)
     st.caption("A spread of many decades is what makes equal-rate quantization wasteful; "
                "reverse waterfilling gives the large directions more bits.")
 with right:
@@ -91,7 +91,7 @@ with right:
     if diag is None:
         st.info("This source has no diagonal of Σ_X (eigenvalues only).")
     else:
-        chart(diagonal_figure(diag), "cov_diagonal")
+        chart(diagonal_figure(diag), "cov_diagonal", right)
         top = top_channels(diag, 5, min_ratio=OUTLIER_RATIO)
         median = float(np.median(diag))
         # An all-zero (or mostly zero) diagonal has median 0: name the channels without ratios.

@@ -87,7 +87,7 @@ def _controls() -> tuple[dict, object, list[str]]:
         st.info("This source has eigenvalues only, so W can be quantized only where the basis "
                 "does not matter: Haar (any rotation of diag(λ)) and the eigenbasis. Identity, "
                 "Hadamard and act-order depend on the native channels and need the full Σ_X.")
-    c1, c2 = st.columns(2)
+    c1, c2 = st.columns([1, 2])  # three rotation names are long
     methods = c1.multiselect("Methods", list(METHODS), default=["gptq-ec", "watersic"],
                              key="q_methods",
                              help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))

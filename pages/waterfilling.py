@@ -106,10 +106,11 @@ def _cholesky_panel(cov: Covariance, rate: float) -> None:
         "WaterSIC's d_j = Var(X_j | X_<j) (columns decided last to first); the predicted gap "
         "uses the d GPTQ sees deciding first to last, Var(X_j | X_>j): the same product, "
         "another AM.")
+    # Two lines: one would not fit a projector's width in presenter mode.
     st.latex(r"\Sigma_X = LL^\top,\ d_j = L_{jj}^2,\qquad "
-             r"\Delta R_{\mathrm{GPTQ-WaterSIC}} = \tfrac12\log_2\frac{\mathrm{AM}(d)}"
-             r"{\mathrm{GM}(d)},\qquad R^{\mathrm{WaterSIC}}_j \approx R + "
-             r"\tfrac12\log_2\frac{d_j}{\mathrm{GM}(d)}")
+             r"R^{\mathrm{WaterSIC}}_j \approx R + \tfrac12\log_2\frac{d_j}{\mathrm{GM}(d)}")
+    st.latex(r"\Delta R_{\mathrm{GPTQ-WaterSIC}} = \tfrac12\log_2\frac{\mathrm{AM}(d)}"
+             r"{\mathrm{GM}(d)}")
     available = rotation_availability(cov)
     usable = [r for r, why in available.items() if why is None]
     # Start on a basis that costs no factorisation for eigenvalues-only sources (Haar costs two

@@ -26,6 +26,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1400, "height": 2400}
+PRESENTER_VIEWPORT = {"width": 1280, "height": 720}  # a classroom projector
 TIMEOUT_MS = 120_000  # two shared cores: a cold page with torch imports can take a while
 
 pytestmark = pytest.mark.browser
@@ -178,6 +179,47 @@ def _select_option(page, key: str, index: int) -> None:
     page.locator("[role='option']").nth(index).click()
 
 
+def _presenter_on(page) -> None:
+    """Switch the sidebar's presenter-mode toggle on and wait for the redraw."""
+    toggle = page.locator(".st-key-presenter")
+    toggle.locator("label").first.click()
+    toggle.get_by_role("switch", checked=True).wait_for(state="attached")
+    _wait_idle(page)
+    page.wait_for_timeout(800)
+
+
+# Every formula's rendered boxes (KaTeX .base) against its markdown block, and a display
+# formula's scroll width: a formula that does not fit is either cut off or needs a scroll bar.
+_FORMULA_OVERFLOW_JS = """() => [...document.querySelectorAll('[data-testid=stMain] .katex')]
+  .map(k => {
+    const box = k.closest('[data-testid=stMarkdownContainer]').getBoundingClientRect();
+    const parts = [...k.querySelectorAll('.base')].map(b => b.getBoundingClientRect());
+    const right = Math.max(...parts.map(r => r.right)), left = Math.min(...parts.map(r => r.left));
+    const d = k.closest('.katex-display');
+    return {text: k.textContent.slice(0, 40), over: Math.max(right - box.right, box.left - left),
+            scroll: d ? d.scrollWidth - d.clientWidth : 0};
+}).filter(f => f.over > 1 || f.scroll > 3)"""
+
+# A slider's label must not touch the value shown over its thumb, nor the track.
+_SLIDER_OVERLAP_JS = """() => [...document.querySelectorAll(
+    '[data-testid=stMain] [data-testid=stSlider]')].map(s => {
+    const label = s.querySelector('[data-testid=stWidgetLabel]').getBoundingClientRect();
+    const thumb = s.querySelector('[data-testid=stSliderThumbValue]').getBoundingClientRect();
+    const track = s.querySelector('[role=group] > div').getBoundingClientRect();
+    const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom - 1
+                          && b.top < a.bottom - 1;
+    return {label: s.textContent.slice(0, 40), thumb: hit(label, thumb), track: hit(label, track)};
+  }).filter(s => s.thumb || s.track)"""
+
+
+def _assert_presentable(page, where: str) -> None:
+    assert page.evaluate(_FORMULA_OVERFLOW_JS) == [], where
+    assert page.evaluate(_SLIDER_OVERLAP_JS) == [], where
+    wide = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollWidth"
+                         " - document.querySelector('[data-testid=stMain]').clientWidth")
+    assert wide <= 1, f"{where}: the page scrolls sideways by {wide} px"
+
+
 def test_covariance_upload_changes_metrics(app_page, app_url, shot_dir, tmp_path):
     _open(app_page, app_url)
     before = _metrics(app_page)
@@ -228,6 +270,15 @@ def test_quantize_run_button_produces_results(app_page, app_url, shot_dir):
     app_page.locator(PLOT).first.wait_for()
     _assert_no_exception(app_page)
     _shoot(app_page, shot_dir, "quantize.png")
+    # the same results on a projector: presenter mode at 1280 × 720, the charts in view
+    app_page.set_viewport_size(PRESENTER_VIEWPORT)
+    _presenter_on(app_page)
+    _assert_no_exception(app_page)
+    _assert_presentable(app_page, "quantize")
+    app_page.evaluate("document.querySelector('.st-key-q_gap').scrollIntoView({block: 'start'})")
+    app_page.wait_for_timeout(500)
+    app_page.evaluate("document.activeElement && document.activeElement.blur()")
+    app_page.screenshot(path=str(shot_dir / "quantize_presenter.png"))
 
 
 def test_learn_next_button_advances(app_page, app_url, shot_dir):
@@ -239,3 +290,88 @@ def test_learn_next_button_advances(app_page, app_url, shot_dir):
     app_page.locator(PLOT).first.wait_for()
     _assert_no_exception(app_page)
     _shoot(app_page, shot_dir, "learn.png")
+
+
+def test_presenter_mode_fits_a_1280x720_screen_and_holds_across_pages(chromium, app_url,
+                                                                       shot_dir):
+    """Presenter mode on every Learn step at 1280 × 720: no formula cut off or scrolling,
+    no slider label over its slider, no sideways scroll; it stays on on another page."""
+    context = chromium.new_context(viewport=PRESENTER_VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        _open(page, app_url + "/learn")
+        _presenter_on(page)
+        main = page.locator("[data-testid='stMain']")
+        sizes = []
+        for step in range(1, 7):
+            if step > 1:
+                before = _main_text(page)
+                main.get_by_role("button", name=re.compile("next", re.IGNORECASE)).click()
+                _wait_changed(page, _main_text, before)
+                page.locator(PLOT).first.wait_for()
+            _assert_no_exception(page)
+            _assert_presentable(page, f"learn step {step}")
+            values = page.locator(METRIC).evaluate_all(
+                "els => els.map(e => parseFloat(getComputedStyle(e.querySelector('p'))"
+                ".fontSize))")
+            assert min(values, default=40) >= 40, values  # metrics grow, never shrink
+            sizes += values
+            if step == 4:  # the formula that used to be cut off at the right
+                page.evaluate("document.querySelector('[data-testid=stMain] h1')"
+                              ".scrollIntoView({block: 'start'})")
+                page.wait_for_timeout(300)
+                page.evaluate("document.activeElement && document.activeElement.blur()")
+                page.mouse.move(0, 0)
+                page.screenshot(path=str(shot_dir / "learn_presenter.png"))
+        assert len(sizes) >= 10  # steps 1–5 show metrics
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Waterfilling").click()
+        page.locator(PLOT).first.wait_for()
+        _wait_idle(page)
+        page.locator(".st-key-presenter").get_by_role("switch", checked=True).wait_for(
+            state="attached")
+        _assert_presentable(page, "waterfilling")
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Covariance").click()
+        page.locator(PLOT).first.wait_for()
+        _wait_idle(page)
+        _assert_presentable(page, "covariance")
+    finally:
+        context.close()
+
+
+def _progress_text(page) -> str:
+    bars = page.locator("[data-testid='stProgress']")
+    return bars.first.inner_text() if bars.count() else ""
+
+
+def test_a_long_run_reports_progress_often_and_cancels_at_once(app_page, app_url):
+    """A 4096-row sweep of the default layer: the progress line (points done, ETA) changes at
+    least every 2 s, and Cancel shows what was kept within 2 s."""
+    _open(app_page, app_url + "/quantize", plot=False)
+    rows = app_page.locator(".st-key-q_rows input")
+    rows.fill("4096")
+    rows.press("Enter")
+    app_page.get_by_text(re.compile(r"36 points: .* 4,096 rows")).wait_for()
+    _wait_idle(app_page)
+    app_page.locator("[data-testid='stMain']").get_by_role(
+        "button", name=re.compile(r"^run$", re.IGNORECASE)).click()
+    app_page.get_by_text(re.compile(r"\d+ of 36 points")).first.wait_for()
+    seen, start = [], time.monotonic()
+    while time.monotonic() - start < 20:
+        text = _progress_text(app_page)
+        if not seen or text != seen[-1][1]:
+            seen.append((time.monotonic(), text))
+        app_page.wait_for_timeout(100)
+    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:], strict=False)]
+    assert all(re.search(r"\d+ of 36 points · \d+ s", t) for _, t in seen), seen[-1]
+    assert any("left" in t for _, t in seen), seen  # an ETA once something is done
+    clicked = time.monotonic()
+    app_page.get_by_role("button", name="Cancel").click()
+    app_page.get_by_text(re.compile(r"Cancelled: \d+ of 36 points kept")).first.wait_for(
+        timeout=30_000)
+    latency = time.monotonic() - clicked
+    print(f"\nprogress: {len(seen)} updates in 20 s, longest interval {max(gaps):.2f} s; "
+          f"cancel shown after {latency:.2f} s; last: {seen[-1][1]!r}")
+    assert max(gaps) <= 2.0, gaps
+    assert latency <= 2.0
+    _assert_no_exception(app_page)
