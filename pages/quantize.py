@@ -181,6 +181,16 @@ def _progress_text(status) -> str:
             + (f" · {status.message}" if status.message else ""))
 
 
+def _waited(line, slot) -> None:
+    """Once a queued run starts: how long it waited, and behind how many runs."""
+    if slot is not None and slot.waited:
+        runs = "run" if slot.first_ahead == 1 else "runs"
+        line.caption(f"Waited {slot.wait_s:.1f} s behind {slot.first_ahead} {runs} of other "
+                     "sessions.")
+    else:
+        line.empty()
+
+
 def _follow(entry: dict) -> None:
     """Redraw the run's progress until it ends, then keep its points as the results."""
     run = entry["run"]
@@ -201,7 +211,7 @@ def _follow(entry: dict) -> None:
                           icon=":material/hourglass_top:")
             else:
                 box.update(label="Quantizing…")
-                line.empty()
+                _waited(line, status.slot)
             bar.progress(status.fraction, text=_progress_text(status))
     except BaseException as exc:
         # A rerun (any widget) follows the run again; anything else (the session ends, the
@@ -211,6 +221,7 @@ def _follow(entry: dict) -> None:
         raise
     status = run.status()
     stop.empty()
+    _waited(line, status.slot)
     st.session_state.pop(RUN_KEY, None)
     if status.error is not None and not run.cancel_requested:
         box.update(label="Stopped", state="error", expanded=False)

@@ -87,7 +87,17 @@ def test_a_queued_run_reports_its_place_and_leaves_the_queue_on_cancel():
         assert run.status().queue.ahead == 1 and run.status().done == 0
         run.cancel()
         assert run.wait(2) and run.status().cancelled and old.waiting == 0
+        assert run.status().slot is None  # it never started
         holder.__exit__(None, None, None)
+        late = BackgroundRun(lambda cancel, progress: iter([1]), total=1)
+        holder = old.slot()
+        holder.__enter__()
+        late.start()
+        time.sleep(0.2)
+        holder.__exit__(None, None, None)
+        assert late.wait(5) and late.items == [1]
+        slot = late.status().slot
+        assert slot.waited and slot.first_ahead == 1 and slot.wait_s >= 0.1
     finally:
         configure_heavy_gate()
     assert isinstance(old, HeavyGate)

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .errors import Cancelled
-from .jobs import QueueState, heavy_slot
+from .jobs import QueueState, SlotInfo, heavy_slot
 
 __all__ = ["BackgroundRun", "RunStatus", "eta_seconds"]
 
@@ -63,6 +63,8 @@ class RunStatus:
         :func:`eta_seconds` of ``elapsed_s`` and ``fraction``.
     queue : QueueState or None
         While the run waits for a heavy slot: how many runs are ahead.
+    slot : SlotInfo or None
+        Once it has the slot: whether and how long it waited.
     finished, cancelled : bool
     error : Exception or None
         What stopped the job, other than a cancel.
@@ -75,6 +77,7 @@ class RunStatus:
     elapsed_s: float
     eta_s: float | None
     queue: QueueState | None
+    slot: SlotInfo | None
     finished: bool
     cancelled: bool
     error: Exception | None
@@ -118,6 +121,7 @@ class BackgroundRun:
         self._fraction, self._message = 0.0, ""
         self._started: float | None = None
         self._queue: QueueState | None = None
+        self._slot: SlotInfo | None = None
         self._cancelled = False
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._main, name="wfviz-background", daemon=True)
@@ -155,8 +159,8 @@ class BackgroundRun:
             return RunStatus(done=done, total=self._total, fraction=min(fraction, 1.0),
                              message=self._message, elapsed_s=elapsed,
                              eta_s=eta_seconds(elapsed, fraction), queue=self._queue,
-                             finished=self._finished.is_set(), cancelled=self._cancelled,
-                             error=self._error)
+                             slot=self._slot, finished=self._finished.is_set(),
+                             cancelled=self._cancelled, error=self._error)
 
     # ------------------------------------------------------------------ worker thread
     def _progress(self, fraction: float, message: str) -> None:
@@ -174,9 +178,10 @@ class BackgroundRun:
         slot = (heavy_slot(on_wait=self._queued, limit_threads=self._limit_threads)
                 if self._heavy else nullcontext())
         try:
-            with slot:
+            with slot as info:
                 with self._lock:
-                    self._queue, self._started = None, time.monotonic()
+                    self._queue, self._slot = None, info
+                    self._started = time.monotonic()
                 for item in self._job(self._cancel.is_set, self._progress):
                     if self._cancel.is_set():
                         raise Cancelled("The run was cancelled.")
