@@ -34,6 +34,7 @@ from wfviz.weights import source_weights, source_weights_reason
 RESULTS_KEY = "q_results"
 RUN_KEY = "q_run_state"
 POLL_S = 0.5  # the progress line is redrawn this often while a run goes
+ORPHAN_S = 10.0  # a run that no page has followed for this long cancels itself
 WEIGHTS = {"gaussian": "i.i.d. Gaussian rows N(0, 1), the theory's model",
            "real": "the layer's real weights (SmolLM2-135M-Instruct Q4_1 GGUF, dequantized)"}
 DAMPINGS = [None, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
@@ -170,7 +171,8 @@ def _start(settings: dict, plan) -> None:
                          keep_columns=True, notice=notices.append, cancel=cancel,
                          progress=progress)
 
-    run = BackgroundRun(job, plan.total, limit_threads=touch_session() > 1).start()
+    run = BackgroundRun(job, plan.total, limit_threads=touch_session() > 1,
+                        orphan_s=ORPHAN_S).start()
     st.session_state[RUN_KEY] = dict(run=run, source=cov_key(cov), label=cov.label,
                                      settings=keep, notices=notices)
 
@@ -199,26 +201,24 @@ def _follow(entry: dict) -> None:
     bar = box.progress(0.0, text="starting")
     stop = st.empty()
     stop.button("Cancel", key="q_cancel", on_click=_cancel)
-    try:
-        # Cancel shows at once: the worker stops at its next poll, and keeps nothing after it.
-        while not run.wait(POLL_S) and not run.cancel_requested:
-            status = run.status()
-            if status.queue is not None:
-                ahead = status.queue.ahead
-                box.update(label=f"Queued: {ahead} run{'s' if ahead != 1 else ''} ahead of you")
-                line.info(f"Waiting {status.queue.waited_s:.0f} s so far: the server runs only a "
-                          "few sweeps at a time, for all sessions together.",
-                          icon=":material/hourglass_top:")
-            else:
-                box.update(label="Quantizing…")
-                _waited(line, status.slot)
-            bar.progress(status.fraction, text=_progress_text(status))
-    except BaseException as exc:
-        # A rerun (any widget) follows the run again; anything else (the session ends, the
-        # page is left) must not leave a sweep running for nobody.
-        if type(exc).__name__ != "RerunException":
-            run.cancel()
-        raise
+    # Cancel shows at once: the worker stops at its next poll, and keeps nothing after it.
+    # Any other widget stops this script (Streamlit's fast reruns) and the rerun follows the
+    # run again; a run that no script follows any more (page left, tab closed) cancels itself
+    # after ORPHAN_S (a stopped script cannot tell a rerun from the end of its session).
+    while True:
+        status = run.status()
+        if status.queue is not None:
+            ahead = status.queue.ahead
+            box.update(label=f"Queued: {ahead} run{'s' if ahead != 1 else ''} ahead of you")
+            line.info(f"Waiting {status.queue.waited_s:.0f} s so far: the server runs only a "
+                      "few sweeps at a time, for all sessions together.",
+                      icon=":material/hourglass_top:")
+        else:
+            box.update(label="Quantizing…")
+            _waited(line, status.slot)
+        bar.progress(status.fraction, text=_progress_text(status))
+        if run.wait(POLL_S) or run.cancel_requested:
+            break
     status = run.status()
     stop.empty()
     _waited(line, status.slot)

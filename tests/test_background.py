@@ -64,6 +64,24 @@ def test_cancel_keeps_the_items_so_far_and_stops_the_worker():
     assert status.cancelled and status.error is None and run.items == [0]
 
 
+def test_a_run_nobody_watches_cancels_itself():
+    def job(cancel, progress):
+        yield 1
+        while not cancel():
+            time.sleep(0.01)
+        yield 2  # never kept: the run was cancelled
+
+    run = BackgroundRun(job, total=2, heavy=False, orphan_s=0.3).start()
+    watched = time.monotonic()
+    while time.monotonic() - watched < 1.0:  # a watcher that keeps polling keeps it going
+        assert not run.status().finished
+        time.sleep(0.05)
+    left = time.monotonic()
+    assert run.wait(5)  # then the page is left
+    assert 0.25 < time.monotonic() - left < 2.0
+    assert run.status().cancelled and run.items == [1]
+
+
 def test_an_error_is_handed_to_the_poller():
     def job(cancel, progress):
         yield 1

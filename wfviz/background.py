@@ -5,9 +5,11 @@ and can be stopped only there. Run in a :class:`BackgroundRun`, the same sweep l
 script thread free to redraw a progress line every fraction of a second (points done, elapsed
 time, :func:`eta_seconds`) and to drop the run at once when the user cancels: the worker stops
 at the library's next ``cancel()`` poll, and whatever it yielded before stays in
-:attr:`BackgroundRun.items`. The worker holds a slot of the process-wide heavy-run gate
-(:func:`wfviz.jobs.heavy_slot`) while it computes, so that a cancelled run keeps the slot until
-it has really stopped.
+:attr:`BackgroundRun.items`. A run that nobody polls any more (the page was left, the browser
+closed) cancels itself after ``orphan_s`` seconds: a user interface cannot always tell a rerun,
+which will poll again, from the end of its session. The worker holds a slot of the
+process-wide heavy-run gate (:func:`wfviz.jobs.heavy_slot`) while it computes, so that a
+cancelled run keeps the slot until it has really stopped.
 
 Plain Python and threads: the library never imports Streamlit.
 """
@@ -98,6 +100,8 @@ class BackgroundRun:
         Hold a slot of :func:`wfviz.jobs.heavy_slot` while the job runs (queueing first).
     limit_threads : bool
         Passed to the heavy slot.
+    orphan_s : float, optional
+        Cancel the run once :meth:`status` has not been called for this many seconds.
 
     Examples
     --------
@@ -111,9 +115,10 @@ class BackgroundRun:
     """
 
     def __init__(self, job: Callable[..., Iterable], total: int, *, heavy: bool = True,
-                 limit_threads: bool = True) -> None:
+                 limit_threads: bool = True, orphan_s: float | None = None) -> None:
         self._job, self._total = job, int(total)
         self._heavy, self._limit_threads = heavy, limit_threads
+        self._orphan_s, self._seen = orphan_s, time.monotonic()
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._finished = threading.Event()
@@ -151,8 +156,9 @@ class BackgroundRun:
             return list(self._items)
 
     def status(self) -> RunStatus:
-        """A snapshot of the run."""
+        """A snapshot of the run (which also tells the run that someone is still watching)."""
         with self._lock:
+            self._seen = time.monotonic()
             done = len(self._items)
             fraction = max(self._fraction, done / self._total if self._total else 0.0)
             elapsed = time.monotonic() - self._started if self._started is not None else 0.0
@@ -163,13 +169,22 @@ class BackgroundRun:
                              cancelled=self._cancelled, error=self._error)
 
     # ------------------------------------------------------------------ worker thread
+    def _stop(self) -> bool:
+        """The job's ``cancel()``: asked to stop, or nobody has looked for ``orphan_s``."""
+        if not self._cancel.is_set() and self._orphan_s is not None:
+            with self._lock:
+                unseen = time.monotonic() - self._seen
+            if unseen > self._orphan_s:
+                self._cancel.set()
+        return self._cancel.is_set()
+
     def _progress(self, fraction: float, message: str) -> None:
         with self._lock:
             self._fraction = max(self._fraction, min(max(float(fraction), 0.0), 1.0))
             self._message = str(message)
 
     def _queued(self, state: QueueState) -> None:
-        if self._cancel.is_set():  # leave the queue
+        if self._stop():  # leave the queue
             raise Cancelled("The run was cancelled while it waited for a slot.")
         with self._lock:
             self._queue = state
@@ -182,8 +197,8 @@ class BackgroundRun:
                 with self._lock:
                     self._queue, self._slot = None, info
                     self._started = time.monotonic()
-                for item in self._job(self._cancel.is_set, self._progress):
-                    if self._cancel.is_set():
+                for item in self._job(self._stop, self._progress):
+                    if self._stop():
                         raise Cancelled("The run was cancelled.")
                     with self._lock:
                         self._items.append(item)
