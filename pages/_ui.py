@@ -65,6 +65,8 @@ PRESENTER_LEGEND_DROP, PRESENTER_LEGEND_PX = 0.12, 50
 # Larger text for a projector. Formulas grow less than the text so that the long ones still fit
 # a 1280-pixel screen; display formulas may wrap their widest line into a scroll box only as a
 # last resort. Slider labels get room above the thumb's value, which would otherwise cover them.
+# Metric values grow where their column has room, never fall below Streamlit's own size, and
+# wrap at a space rather than end in an ellipsis.
 PRESENTER_CSS = """<style>
 [data-testid="stMain"] [data-testid="stMarkdownContainer"] p,
 [data-testid="stMain"] [data-testid="stMarkdownContainer"] li {font-size: 1.35rem !important;}
@@ -72,9 +74,13 @@ PRESENTER_CSS = """<style>
 [data-testid="stMain"] [data-testid="stMarkdownContainer"] .katex {font-size: 1.05em !important;}
 [data-testid="stMain"] .katex-display > .katex {font-size: 1.3em !important;}
 [data-testid="stMain"] .katex-display {overflow-x: auto; overflow-y: hidden; padding: 0.2em 0;}
+[data-testid="stMain"] [data-testid="stMetric"] {container-type: inline-size;}
 [data-testid="stMain"] [data-testid="stMetricValue"],
-[data-testid="stMain"] [data-testid="stMetricValue"] p {font-size: 2.6rem !important;
- line-height: 1.25 !important;}
+[data-testid="stMain"] [data-testid="stMetricValue"] p {
+ font-size: clamp(2.25rem, 24cqi, 2.6rem) !important; line-height: 1.25 !important;}
+[data-testid="stMain"] [data-testid="stMetricValue"] [data-testid="stMarkdownContainer"],
+[data-testid="stMain"] [data-testid="stMetricValue"] p {
+ white-space: normal !important; overflow-wrap: break-word;}
 [data-testid="stMain"] [data-testid="stMetricLabel"] p,
 [data-testid="stMain"] [data-testid="stWidgetLabel"] p {font-size: 1.2rem !important;}
 [data-testid="stMain"] [data-testid="stSlider"] [data-testid="stWidgetLabel"] {
@@ -208,9 +214,15 @@ def haar_gap_for(cov: Covariance) -> dict:
     return _haar_gap(cov_key(cov), cov)
 
 
+def spread_text(std: float, digits: int = 3) -> str:
+    """A standard deviation to ``digits`` decimals, or to one significant digit when smaller
+    (a spread is never shown as 0.000 unless it is 0)."""
+    return f"{std:.{digits}f}" if std == 0 or std >= 0.5 * 10**-digits else f"{std:.1g}"
+
+
 def haar_text(haar: dict, digits: int = 3) -> str:
     """``"0.734 ± 0.149"``: a Haar prediction as mean ± sd over its seeds."""
-    return f"{haar['mean']:.{digits}f} ± {haar['std']:.{digits}f}"
+    return f"{haar['mean']:.{digits}f} ± {spread_text(haar['std'], digits)}"
 
 
 def rotation_availability(cov: Covariance, *, quantize: bool = False) -> dict[str, str | None]:

@@ -14,6 +14,7 @@ from pages._ui import (
     requires_full_matrix,
     show_error,
     source_caption,
+    spread_text,
     stats_for,
 )
 from wfviz.errors import WfvizError
@@ -70,7 +71,7 @@ why = {n.split("]", 1)[0].removeprefix("gap_bits["): n.split("]: ", 1)[-1]
 haar = stats.get("haar_gap")
 # Haar: the mean over random rotations, never one draw, with its spread next to it.
 gap_rows = [{"basis": ROTATION_NAMES.get(r, r), "predicted gap (bits per weight)": g,
-             "± sd": f"± {haar['std']:.3f}" if r == "haar" and haar else "",
+             "± sd": f"± {spread_text(haar['std'])}" if r == "haar" and haar else "",
              "note": (f"mean ± sd over {haar['seeds']} random rotations (min {haar['min']:.3f}, "
                       f"max {haar['max']:.3f})" if r == "haar" and haar else why.get(r, ""))}
             for r, g in stats["gap_bits"].items()]
