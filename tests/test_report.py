@@ -71,7 +71,6 @@ def test_bad_input(toy, capsys):
 
 
 def test_measured_gap_matches_prediction_at_high_rate(toy):
-    pytest.importorskip("wfviz.quantize")
     bundle, _ = toy
     rep = bundle_report(bundle, haar_seeds=1, measure=True, device="cpu")
     assert {(m["block"], m["rotation"]) for m in rep["measured"]} == {
