@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import WfvizError
@@ -182,14 +181,18 @@ def working_basis(W: torch.Tensor, S: torch.Tensor, rotation: str = "identity", 
                         S_dead=S.index_select(0, gone).index_select(1, gone))
 
 
+TRIANGLE_BLOCK = 512
+"""Columns per block of the triangular products of :func:`weighted_errors`."""
+
+
 def weighted_errors(E: torch.Tensor, S: torch.Tensor, *,
                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``(E S Eᵀ)_rr`` for every row ``r`` of ``E``, summed in float64.
 
-    On the CPU this uses only the upper triangle ``U`` of the symmetric ``S``:
-    ``eᵀ S e = 2 eᵀ U e − eᵀ diag(S) e``, and ``E U`` is a triangular product (BLAS ``trmm``)
-    with half the multiply-adds of ``E S``. Other devices use the plain product. ``dtype``
-    is the precision of the product (float64 by default).
+    Only the upper triangle ``U`` of the symmetric ``S`` is used:
+    ``eᵀ S e = 2 eᵀ U e − eᵀ diag(S) e``, and ``E U`` is formed a block of columns at a time
+    from the rows of ``S`` above the block (about half the multiply-adds of ``E S``, in
+    torch's own GEMMs). ``dtype`` is the precision of the products (float64 by default).
 
     Examples
     --------
@@ -199,16 +202,13 @@ def weighted_errors(E: torch.Tensor, S: torch.Tensor, *,
     """
     E = E.to(dtype)
     S = S.to(E.device, dtype)
-    if E.device.type != "cpu" or E.shape[1] < 64:
-        return ((E @ S) * E).sum(1, dtype=torch.float64)
-    from scipy.linalg.blas import dtrmm, strmm
-
-    trmm = dtrmm if dtype == torch.float64 else strmm
-    # E U for U = triu(S): trmm on the column-major views of the row-major buffers computes
-    # (Uᵀ Eᵀ)ᵀ; S read column-major is S itself (symmetric) and its "lower" triangle there is
-    # the upper one here.
-    EU = trmm(1.0, np.asarray(S.contiguous().numpy()).T, np.asarray(E.contiguous().numpy()).T,
-              side=0, lower=1, trans_a=0, overwrite_b=0)
-    EU = torch.from_numpy(np.ascontiguousarray(EU.T))
-    return 2 * (EU * E).sum(1, dtype=torch.float64) \
-        - (E * E).to(torch.float64) @ torch.diagonal(S).to(torch.float64)
+    n = E.shape[1]
+    out = torch.zeros(E.shape[0], dtype=torch.float64, device=E.device)
+    for j0 in range(0, n, TRIANGLE_BLOCK):
+        j1 = min(j0 + TRIANGLE_BLOCK, n)
+        block = E[:, j0:j1] @ S[j0:j1, j0:j1].triu()
+        if j0:
+            block.addmm_(E[:, :j0], S[:j0, j0:j1])
+        out += (block * E[:, j0:j1]).sum(1, dtype=torch.float64)
+    diag = torch.diagonal(S).to(torch.float64)
+    return 2 * out - (E.to(torch.float64) ** 2) @ diag

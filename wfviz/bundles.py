@@ -176,18 +176,22 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def bundle_dirs() -> list[Path]:
-    """Directories searched for bundles: the shipped ``sample_covariances/``, then ``WFVIZ_DATA``.
+    """Directories searched for bundles: the shipped ``sample_covariances/`` (of a checkout, or
+    the copy a wheel installs under ``share/wfviz``), then ``WFVIZ_DATA``.
 
     ``WFVIZ_DATA`` is a ``os.pathsep``-separated list of directories, each holding bundle
-    directories.
+    directories (for example the ``--out`` parent of ``wfviz collect``).
 
     Examples
     --------
     >>> bundle_dirs()[0].name
     'sample_covariances'
     """
+    from .launch import data_dir
+
     extra = [Path(p).expanduser() for p in os.environ.get("WFVIZ_DATA", "").split(os.pathsep) if p]
-    return [SHIPPED_DIR, *extra]
+    shipped = SHIPPED_DIR if SHIPPED_DIR.is_dir() else data_dir() or SHIPPED_DIR
+    return [shipped, *extra]
 
 
 def list_bundles() -> list[Bundle]:

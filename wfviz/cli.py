@@ -1,4 +1,4 @@
-"""The ``wfviz`` command line: stats, curve, collect, bundles, report.
+"""The ``wfviz`` command line: stats, curve, collect, bundles, report, app.
 
 Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
 """
@@ -64,6 +64,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="comma-separated block indices to store in full")
     k.add_argument("--layers", default="",
                    help="restrict to these input names (qkv,o,gate_up,down)")
+
+    a = sub.add_parser("app", help="run the interactive app (Streamlit) in the browser")
+    a.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    a.add_argument("--headless", action="store_true",
+                   help="do not open a browser (for a server or a projector machine)")
 
     b = sub.add_parser("bundles", help="list the bundles found and their layers")
     b.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -159,6 +164,12 @@ def _collect_command(args) -> str:
     return " ".join(parts)
 
 
+def _cmd_app(args) -> int:
+    from .launch import run_app
+
+    return run_app(args.port, headless=args.headless)
+
+
 def _cmd_bundles(args) -> int:
     from .bundles import LLAMA3_HINT, bundles_summary, bundles_text, list_bundles
 
@@ -190,6 +201,7 @@ _COMMANDS = {
     "collect": _cmd_collect,
     "bundles": _cmd_bundles,
     "report": _cmd_report,
+    "app": _cmd_app,
 }
 
 
