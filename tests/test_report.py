@@ -77,3 +77,11 @@ def test_measured_gap_matches_prediction_at_high_rate(toy):
         (1, "identity"), (1, "hadamard")}
     for m in rep["measured"]:
         assert m["measured"] == pytest.approx(m["predicted"], abs=0.15)
+
+
+def test_report_reports_progress_for_every_layer(toy):
+    bundle, _ = toy
+    seen = []
+    bundle_report(bundle, haar_seeds=1, progress=lambda done, total, msg: seen.append(
+        (done, total)))
+    assert seen == [(k + 1, len(bundle.layers)) for k in range(len(bundle.layers))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from .errors import Cancelled, ResourceError, WfvizError
 
@@ -164,6 +165,31 @@ def _collect_command(args) -> str:
     return " ".join(parts)
 
 
+@contextmanager
+def _bar(desc: str, unit: str):
+    """A tqdm bar on stderr (a terminal only) fed by ``progress(done, total, message)``, with an
+    ETA; it appears at the first report, so an input error prints nothing but its line."""
+    bars = []
+
+    def progress(done: int, total: int, message: str) -> None:
+        if not sys.stderr.isatty():
+            return
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, file=sys.stderr, desc=desc, unit=unit, leave=False,
+                             dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+        bars[0].set_postfix_str(message, refresh=True)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
+
+
 def _cmd_app(args) -> int:
     from .launch import run_app
 
@@ -186,8 +212,9 @@ def _cmd_report(args) -> int:
     from .report import bundle_report, report_text
     from .stats import json_safe
 
-    report = bundle_report(load_bundle(args.bundle), measure=args.measure,
-                           haar_seeds=args.haar_seeds)
+    with _bar("wfviz report", "layer") as progress:
+        report = bundle_report(load_bundle(args.bundle), measure=args.measure,
+                               haar_seeds=args.haar_seeds, progress=progress)
     if args.json:
         _print_json(json_safe(report))
     else:
