@@ -278,6 +278,15 @@ def bundles_summary(bundles: list[Bundle]) -> list[dict]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter, and the same
+    in every checkout), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def bundles_text(bundles: list[Bundle]) -> str:
     """Human-readable listing of bundles, ending with :data:`LLAMA3_HINT`.
 
@@ -292,7 +301,7 @@ def bundles_text(bundles: list[Bundle]) -> str:
         inputs = sorted({inp for _, inp, *_ in b.layers}, key=_input_order)
         full = sorted({blk for blk, _, _, f in b.layers if f})
         m = b.manifest
-        lines.append(f"{b.name}  ({b.path})")
+        lines.append(f"{b.name}  ({_shown(b.path)})")
         lines.append(f"  model: {b.model_label}; text: {m.get('text', {}).get('name')}; "
                      f"tokens: {m.get('tokens')}")
         lines.append(f"  {len(b.layers)} layers: blocks {_ranges(blocks)} × inputs "

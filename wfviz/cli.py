@@ -46,6 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-metric", default="column_entropy",
                    help="how bits are counted: column_entropy, pooled_entropy, coded_bits, "
                         "log_cardinality (rtn/gptq only)")
+    c.add_argument("--columns", default="",
+                   help="comma-separated columns of the text table (default: all)")
     fmt = c.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON rows")
     fmt.add_argument("--csv", action="store_true", help="print CSV with a # header of settings")
@@ -126,8 +128,18 @@ def _cmd_curve(args) -> int:
             "source": cov.source_id or args.source, "label": cov.label, "rows": args.rows,
             "seed": args.seed, "rate_metric": args.rate_metric}))
     else:
-        print(table_to_text(points))
+        print(table_to_text(points, _columns(args.columns)))
     return 0
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    from .experiments import COLUMNS
+
+    names = tuple(c.strip() for c in text.split(",") if c.strip()) or COLUMNS
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown:
+        raise WfvizError(f"Unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)}.")
+    return names
 
 
 def _cmd_collect(args) -> int:
