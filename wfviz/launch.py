@@ -8,7 +8,7 @@ top-level ``app`` or ``pages`` in site-packages); it installs them as data under
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -64,13 +64,13 @@ def app_command(port: int = 8501, *, headless: bool = False) -> list[str]:
 
 
 def run_app(port: int = 8501, *, headless: bool = False) -> int:
-    """Run the app until it stops; returns Streamlit's exit code.
+    """Run the app in place of this process (``exec``), so that stopping ``wfviz app`` stops
+    the server; returns only if the exec failed.
 
-    The working directory is :func:`app_dir`, so that Streamlit reads the app's own
+    The working directory becomes :func:`app_dir`, so that Streamlit reads the app's own
     ``.streamlit/config.toml``.
     """
     command = app_command(port, headless=headless)
-    try:
-        return subprocess.call(command, cwd=app_dir())
-    except KeyboardInterrupt:
-        return 0
+    os.chdir(app_dir())
+    os.execv(command[0], command)
+    return 1  # pragma: no cover (execv does not return)
