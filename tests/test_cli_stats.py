@@ -80,3 +80,20 @@ def test_module_entry_point_subprocess():
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == 16
+
+
+def test_help_and_bundles_do_not_import_torch():
+    """`wfviz --help` answers fast; a command imports torch only if it uses it."""
+    code = ("import sys, time; t = time.perf_counter()\n"
+            "from wfviz.cli import main\n"
+            "for argv in (['--help'], ['bundles']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "print(time.perf_counter() - t)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) < 2.0  # about 0.1 s on an idle machine

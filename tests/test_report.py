@@ -71,10 +71,17 @@ def test_bad_input(toy, capsys):
 
 
 def test_measured_gap_matches_prediction_at_high_rate(toy):
-    pytest.importorskip("wfviz.quantize")
     bundle, _ = toy
     rep = bundle_report(bundle, haar_seeds=1, measure=True, device="cpu")
     assert {(m["block"], m["rotation"]) for m in rep["measured"]} == {
         (1, "identity"), (1, "hadamard")}
     for m in rep["measured"]:
         assert m["measured"] == pytest.approx(m["predicted"], abs=0.15)
+
+
+def test_report_reports_progress_for_every_layer(toy):
+    bundle, _ = toy
+    seen = []
+    bundle_report(bundle, haar_seeds=1, progress=lambda done, total, msg: seen.append(
+        (done, total)))
+    assert seen == [(k + 1, len(bundle.layers)) for k in range(len(bundle.layers))]

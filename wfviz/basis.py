@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .errors import WfvizError
@@ -100,7 +99,7 @@ class WorkingBasis:
 
     def to_original(self, W_hat: torch.Tensor) -> torch.Tensor:
         """A reconstruction made in this basis, in the layer's original basis (a × n)."""
-        W_live = self.rotation.unapply_weight(W_hat)
+        W_live = W_hat if self.rotation.is_identity else self.rotation.unapply_weight(W_hat)
         if self.live is None:
             return W_live
         out = W_live.new_zeros((W_live.shape[0], self.n))
@@ -112,20 +111,29 @@ class WorkingBasis:
         All errors are stacked into one weighted product (:func:`weighted_errors`); the dead
         features add ``2⟨W_d Σ_dl Qᵀ, E⟩ + tr(W_d Σ_dd W_dᵀ)``.
         """
-        E = torch.cat([self.W.to(torch.float64) - Wh.to(self.W.device, torch.float64)
-                       for Wh in W_hats])
-        per_row = weighted_errors(E, self.S)
-        if self.dead_W is not None:
-            Wd = self.dead_W.to(torch.float64)
-            lin = (Wd @ self.cross).repeat(len(W_hats), 1)
-            per_row = per_row + 2 * (lin * E).sum(1) + ((Wd @ self.S_dead) * Wd).sum(1).repeat(
-                len(W_hats))
-        total = per_row.reshape(len(W_hats), -1).sum(1) / (self.W.shape[0] * self.n)
-        return total.tolist()
+        W = self.W.to(torch.float64)
+        E = torch.cat([W - Wh.to(W.device, torch.float64) for Wh in W_hats]) \
+            if len(W_hats) > 1 else W - W_hats[0].to(W.device, torch.float64)
+        return self._totals(E, weighted_errors(E, self.S), len(W_hats))
 
     def energy(self) -> float:
-        """``tr(W Σ Wᵀ)/(a·n)`` of the layer's own weights."""
-        return self.distortions([torch.zeros_like(self.W)])[0]
+        """``tr(W Σ Wᵀ)/(a·n)`` of the layer's own weights.
+
+        The products run in float32 with float64 sums over the rows (relative error of order
+        1e-6: this is the scale of a relative distortion, not a distortion); only the errors
+        of reconstructions, which the SIC concentrates where Σ is small, need float64.
+        """
+        W = self.W.to(torch.float64)
+        return self._totals(W, weighted_errors(W, self.S, dtype=torch.float32), 1)[0]
+
+    def _totals(self, E: torch.Tensor, per_row: torch.Tensor, count: int) -> list[float]:
+        if self.dead_W is not None:
+            Wd = self.dead_W.to(torch.float64)
+            lin = (Wd @ self.cross).repeat(count, 1)
+            per_row = per_row + 2 * (lin * E).sum(1) + ((Wd @ self.S_dead) * Wd).sum(1).repeat(
+                count)
+        total = per_row.reshape(count, -1).sum(1) / (self.W.shape[0] * self.n)
+        return total.tolist()
 
 
 def working_basis(W: torch.Tensor, S: torch.Tensor, rotation: str = "identity", *,
@@ -173,12 +181,18 @@ def working_basis(W: torch.Tensor, S: torch.Tensor, rotation: str = "identity", 
                         S_dead=S.index_select(0, gone).index_select(1, gone))
 
 
-def weighted_errors(E: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """``(E S Eᵀ)_rr`` for every row ``r`` of ``E``, in float64.
+TRIANGLE_BLOCK = 512
+"""Columns per block of the triangular products of :func:`weighted_errors`."""
 
-    On the CPU this uses only the upper triangle ``U`` of the symmetric ``S``:
-    ``eᵀ S e = 2 eᵀ U e − eᵀ diag(S) e``, and ``E U`` is a triangular product (BLAS ``trmm``)
-    with half the multiply-adds of ``E S``. Other devices use the plain product.
+
+def weighted_errors(E: torch.Tensor, S: torch.Tensor, *,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``(E S Eᵀ)_rr`` for every row ``r`` of ``E``, summed in float64.
+
+    Only the upper triangle ``U`` of the symmetric ``S`` is used:
+    ``eᵀ S e = 2 eᵀ U e − eᵀ diag(S) e``, and ``E U`` is formed a block of columns at a time
+    from the rows of ``S`` above the block (about half the multiply-adds of ``E S``, in
+    torch's own GEMMs). ``dtype`` is the precision of the products (float64 by default).
 
     Examples
     --------
@@ -186,16 +200,15 @@ def weighted_errors(E: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     >>> weighted_errors(torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64), S).tolist()
     [7.0, 2.0]
     """
-    E = E.to(torch.float64)
-    S = S.to(E.device, torch.float64)
-    if E.device.type != "cpu" or E.shape[1] < 64:
-        return ((E @ S) * E).sum(1)
-    from scipy.linalg.blas import dtrmm
-
-    # E U for U = triu(S): trmm on the column-major views of the row-major buffers computes
-    # (Uᵀ Eᵀ)ᵀ; S read column-major is S itself (symmetric) and its "lower" triangle there is
-    # the upper one here.
-    EU = dtrmm(1.0, np.asarray(S.contiguous().numpy()).T, np.asarray(E.contiguous().numpy()).T,
-               side=0, lower=1, trans_a=0)
-    EU = torch.from_numpy(np.ascontiguousarray(EU.T))
-    return 2 * (EU * E).sum(1) - (E * E) @ torch.diagonal(S)
+    E = E.to(dtype)
+    S = S.to(E.device, dtype)
+    n = E.shape[1]
+    out = torch.zeros(E.shape[0], dtype=torch.float64, device=E.device)
+    for j0 in range(0, n, TRIANGLE_BLOCK):
+        j1 = min(j0 + TRIANGLE_BLOCK, n)
+        block = E[:, j0:j1] @ S[j0:j1, j0:j1].triu()
+        if j0:
+            block.addmm_(E[:, :j0], S[:j0, j0:j1])
+        out += (block * E[:, j0:j1]).sum(1, dtype=torch.float64)
+    diag = torch.diagonal(S).to(torch.float64)
+    return 2 * out - (E.to(torch.float64) ** 2) @ diag

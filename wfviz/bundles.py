@@ -176,18 +176,22 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def bundle_dirs() -> list[Path]:
-    """Directories searched for bundles: the shipped ``sample_covariances/``, then ``WFVIZ_DATA``.
+    """Directories searched for bundles: the shipped ``sample_covariances/`` (of a checkout, or
+    the copy a wheel installs under ``share/wfviz``), then ``WFVIZ_DATA``.
 
     ``WFVIZ_DATA`` is a ``os.pathsep``-separated list of directories, each holding bundle
-    directories.
+    directories (for example the ``--out`` parent of ``wfviz collect``).
 
     Examples
     --------
     >>> bundle_dirs()[0].name
     'sample_covariances'
     """
+    from .launch import data_dir
+
     extra = [Path(p).expanduser() for p in os.environ.get("WFVIZ_DATA", "").split(os.pathsep) if p]
-    return [SHIPPED_DIR, *extra]
+    shipped = SHIPPED_DIR if SHIPPED_DIR.is_dir() else data_dir() or SHIPPED_DIR
+    return [shipped, *extra]
 
 
 def list_bundles() -> list[Bundle]:
@@ -274,6 +278,15 @@ def bundles_summary(bundles: list[Bundle]) -> list[dict]:
     return out
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter, and the same
+    in every checkout), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def bundles_text(bundles: list[Bundle]) -> str:
     """Human-readable listing of bundles, ending with :data:`LLAMA3_HINT`.
 
@@ -288,7 +301,7 @@ def bundles_text(bundles: list[Bundle]) -> str:
         inputs = sorted({inp for _, inp, *_ in b.layers}, key=_input_order)
         full = sorted({blk for blk, _, _, f in b.layers if f})
         m = b.manifest
-        lines.append(f"{b.name}  ({b.path})")
+        lines.append(f"{b.name}  ({_shown(b.path)})")
         lines.append(f"  model: {b.model_label}; text: {m.get('text', {}).get('name')}; "
                      f"tokens: {m.get('tokens')}")
         lines.append(f"  {len(b.layers)} layers: blocks {_ranges(blocks)} × inputs "

