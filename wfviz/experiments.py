@@ -254,6 +254,7 @@ class _Sweep:
     given_weights: bool
     damping: float | None = None
     notice: object = None
+    energies: dict = field(default_factory=dict)  # device type → tr(WΣWᵀ)/(a·n), any basis
 
     def config(self, method: str):
         """``method``'s config, with the sweep's damping for the entropy-coded methods."""
@@ -269,7 +270,10 @@ def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
     ec_prep = prepare_gptq_ec(wb.S, ec_config) if "gptq-ec" in ctx.methods else None
     ec_prep_s = time.perf_counter() - start
     powers = (column_entropy_powers(wb.W.cpu().numpy()) if ctx.given_weights else None)
-    return _Basis(label, wb, wb.energy(), _gptq_d(wb.S, ec_prep, ec_config.damping), ec_prep,
+    # the layer's energy is the same in every basis (Q is orthogonal): measure it once
+    if W.device.type not in ctx.energies:
+        ctx.energies[W.device.type] = wb.energy()
+    return _Basis(label, wb, ctx.energies[W.device.type], _gptq_d(wb.S, ec_prep, ec_config.damping), ec_prep,
                   ec_prep_s, powers)
 
 
