@@ -273,8 +273,8 @@ def _basis(ctx: _Sweep, W, S, rot_name, label) -> _Basis:
     # the layer's energy is the same in every basis (Q is orthogonal): measure it once
     if W.device.type not in ctx.energies:
         ctx.energies[W.device.type] = wb.energy()
-    return _Basis(label, wb, ctx.energies[W.device.type], _gptq_d(wb.S, ec_prep, ec_config.damping), ec_prep,
-                  ec_prep_s, powers)
+    return _Basis(label, wb, ctx.energies[W.device.type],
+                  _gptq_d(wb.S, ec_prep, ec_config.damping), ec_prep, ec_prep_s, powers)
 
 
 def _real_weight_prediction(ctx: _Sweep, method: str, b: _Basis, payload: float) -> float:
