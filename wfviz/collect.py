@@ -7,6 +7,7 @@ once: q/k/v → ``qkv``, gate/up → ``gate_up``; plus ``o`` and ``down``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -77,6 +78,36 @@ def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
             return module
     raise WfvizError("Cannot find the decoder blocks of this model; only Llama-style causal LMs "
                      "(a ModuleList of num_hidden_layers blocks) are supported.")
+
+
+@contextlib.contextmanager
+def cancel_hooks(model: torch.nn.Module, cancel=None):
+    """While active, every decoder block polls ``cancel()`` before it runs and raises
+    :class:`~wfviz.quantizers.base.Cancelled` when it returns True.
+
+    One forward pass of a long window takes seconds on a CPU; polling per block bounds the time
+    from a cancel request to the stop by one block's forward.
+
+    Examples
+    --------
+    >>> with cancel_hooks(torch.nn.Linear(2, 2)):  # no cancel: nothing is hooked
+    ...     pass
+    """
+    if cancel is None:
+        yield
+        return
+    from .quantizers.base import Cancelled
+
+    def hook(_module, _args):
+        if cancel():
+            raise Cancelled("cancelled")
+
+    handles = [block.register_forward_pre_hook(hook) for block in decoder_blocks(model)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _block_linears(block: torch.nn.Module, inputs) -> dict[str, torch.nn.Module]:
@@ -188,17 +219,22 @@ def _run_windows(model, windows, device, total_tokens, progress) -> int:
     return tokens
 
 
-def token_windows(ids, tokens: int, seq_len: int) -> list[torch.Tensor]:
-    """Cut a token stream into consecutive windows of ``seq_len``, ``tokens`` in all at most.
+def token_windows(ids, tokens: int, seq_len: int, *, start: int = 0) -> list[torch.Tensor]:
+    """Cut ``ids[start:start + tokens]`` into consecutive, non-overlapping windows of ``seq_len``.
+
+    The last window is shorter when ``seq_len`` does not divide the span.
 
     Examples
     --------
     >>> [w.tolist() for w in token_windows(list(range(7)), 5, 2)]
     [[0, 1], [2, 3], [4]]
+    >>> [w.tolist() for w in token_windows(list(range(9)), 4, 3, start=5)]
+    [[5, 6, 7], [8]]
     """
-    if tokens < 1 or seq_len < 1:
-        raise WfvizError(f"--tokens and --seq-len must be >= 1, got {tokens} and {seq_len}.")
-    ids = torch.as_tensor(ids, dtype=torch.long)[:tokens]
+    if tokens < 1 or seq_len < 1 or start < 0:
+        raise WfvizError(f"--tokens and --seq-len must be >= 1 and the start >= 0, got {tokens}, "
+                         f"{seq_len} and {start}.")
+    ids = torch.as_tensor(ids, dtype=torch.long)[start:start + tokens]
     return list(torch.split(ids, seq_len))
 
 
@@ -206,7 +242,14 @@ def token_windows(ids, tokens: int, seq_len: int) -> list[torch.Tensor]:
 # Loading a model and a text
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks.
+
+    Examples
+    --------
+    >>> sha256_file(__file__) == sha256_file(__file__)
+    True
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -231,7 +274,7 @@ def read_text(path) -> tuple[str, dict]:
                          "readable UTF-8 text file with --text.") from exc
     if not text.strip():
         raise WfvizError(f"The text file {path} is empty; pass a calibration text with --text.")
-    return text, {"name": p.name, "sha256": _sha256_file(p), "bytes": p.stat().st_size}
+    return text, {"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
 
 
 def model_label(model_ref: str, gguf_file: str | None) -> str:
@@ -304,7 +347,7 @@ def _model_file_hashes(directory: Path, gguf_file: str | None) -> dict:
     else:
         names = sorted(p.name for p in directory.iterdir()
                        if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
-    return {name: _sha256_file(directory / name) for name in names}
+    return {name: sha256_file(directory / name) for name in names}
 
 
 def tokenize(tokenizer, text: str, tokens: int) -> list[int]:
@@ -387,7 +430,14 @@ def _stored_vectors(lam, vec, entry, damping) -> tuple[np.ndarray, dict]:
                      f"{entry['n']}) within {GAP_CHECK_BITS} bit; collect more tokens.")
 
 
-def _versions() -> dict:
+def software_versions() -> dict:
+    """Versions of Python and of the packages that decide the numbers (for provenance).
+
+    Examples
+    --------
+    >>> sorted(software_versions())
+    ['numpy', 'python', 'torch', 'transformers', 'wfviz']
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -445,7 +495,7 @@ def write_bundle(out, stats: LayerStatistics, *, provenance: dict, full_blocks=(
         "tokens": stats.tokens,
         **provenance,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "versions": _versions(),
+        "versions": software_versions(),
         "d_rotations": {"identity": "native order", "hadamard": "wfviz hadamard, seed 0",
                         "act_order": "columns sorted by decreasing diag(Σ_X)"},
         "full_blocks": sorted(full_blocks),

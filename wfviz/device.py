@@ -101,6 +101,17 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS))
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception says that a device (GPU or CPU) ran out of memory.
+
+    Examples
+    --------
+    >>> is_out_of_memory(RuntimeError("CUDA out of memory")), is_out_of_memory(ValueError("x"))
+    (True, False)
+    """
+    return _is_oom(exc)
+
+
 def _cpu_oom_error() -> WfvizError:
     return WfvizError("The CPU ran out of memory for this run (an n×n float64 matrix takes "
                       "8·n² bytes, and a sweep holds about four); use fewer rows or rotations, "
