@@ -42,3 +42,13 @@ def write_text(path, words: int, seed: int = 0):
 def random_windows(tokens: int, seq_len: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return list(torch.split(torch.randint(2, VOCAB, (tokens,), generator=g), seq_len))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread for these tiny matrices: on a shared 2-core machine two threads spend
+    most of their time waiting for each other (3-4x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests._tiny_llm import random_windows, tiny_model
+from tests._tiny_llm import one_torch_thread, random_windows, tiny_model  # noqa: F401
 from wfviz.errors import WfvizError
 from wfviz.model_eval import LogProbStore, evaluate_model, reference_store
 from wfviz.quantizers.base import Cancelled

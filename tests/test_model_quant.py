@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import wfviz
-from tests._tiny_llm import random_windows, tiny_model
+from tests._tiny_llm import one_torch_thread, random_windows, tiny_model  # noqa: F401
 from wfviz.collect import collect_statistics
 from wfviz.errors import WfvizError
 from wfviz.model_eval import evaluate_model

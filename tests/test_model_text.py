@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests._tiny_llm import tiny_tokenizer, write_text
+from tests._tiny_llm import one_torch_thread, tiny_tokenizer, write_text  # noqa: F401
 from wfviz.errors import WfvizError
 from wfviz.model_text import TokenSpan, load_texts, plan_spans
 

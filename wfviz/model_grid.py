@@ -23,6 +23,7 @@ import io
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -438,12 +439,15 @@ def run_model_grid(config: ModelGridConfig, *, command: str | None = None, progr
         return results
     sigmas = None
     if need_sigma:
-        if sigma_file.is_file():
+        cached = sigma_file.is_file()
+        if cached:
             say(f"one-shot Σ_X from the cache ({sigma_file})")
         else:
             step.next("Σ_X")
+        t0 = time.perf_counter()
         sigmas = one_shot_sigmas(prep.model, prep.texts.calibration, cache_file=sigma_file,
                                  progress=progress, cancel=cancel)
+        prep.run["one_shot_sigma"] = {"cached": cached, "seconds": time.perf_counter() - t0}
     snapshot = snapshot_linears(prep.model)
     try:
         for point in todo:

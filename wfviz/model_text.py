@@ -135,7 +135,7 @@ def plan_spans(calib_text: dict, eval_text: dict, *, calib_tokens: int, eval_tok
         c, e = plan.calibration, plan.evaluation
         raise WfvizError(f"The calibration tokens [{c.start}, {c.stop}) and the evaluation tokens "
                          f"[{e.start}, {e.stop}) of {c.text.get('name', 'the text')} overlap; "
-                         "evaluate on tokens the calibration did not see (e.g. leave --eval-start "
+                         "evaluate on tokens the calibration did not see (leave --eval-start "
                          "unset, or use two different texts).")
     if available is not None:
         _check_available(plan, available if isinstance(available, tuple)
