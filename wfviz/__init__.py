@@ -20,6 +20,9 @@ Quantizers and rates
     RATE_METRICS
 Experiments
     sweep, table_to_csv, bundle_report
+Whole models
+    quantize_model, ModelQuantResult, LayerQuant, evaluate_model, ModelEval, LogProbStore,
+    reference_store, load_texts, run_model_grid, ModelGridConfig
 Errors
     WfvizError: the one error type for bad input; its message is one sentence.
 
@@ -31,6 +34,10 @@ from .covariance import Covariance
 from .covariance_io import load_covariance, save_covariance, validate_covariance
 from .errors import WfvizError
 from .experiments import sweep, table_to_csv
+from .model_eval import LogProbStore, ModelEval, evaluate_model, reference_store
+from .model_grid import ModelGridConfig, run_model_grid
+from .model_quant import LayerQuant, ModelQuantResult, quantize_model
+from .model_text import load_texts
 from .quantize import QuantizeResult, quantize
 from .quantizers.gptq import GPTQConfig
 from .quantizers.gptq_ec import GPTQECConfig
@@ -65,13 +72,15 @@ from .waterfilling import distortion_rate_curve, reverse_waterfill
 __version__ = "0.1.0"
 
 __all__ = [
-    "Covariance", "GPTQConfig", "GPTQECConfig", "QuantizeResult", "RATE_METRICS", "ROTATIONS",
-    "RTNConfig", "SPACE_FILLING_LOSS", "SYNTHETIC_FAMILIES", "WATERSIC_GAP_BITS", "WaterSICConfig",
-    "WfvizError", "bundle_report", "cholesky_diag", "coded_bits", "column_entropy_bits",
-    "distortion_rate_curve", "gap_bits", "get_rotation", "gptq_ec_distortion", "gptq_gap_bits",
-    "hadamard_matrix", "highrate_it_distortion", "it_distortion", "layer_stats", "list_bundles",
-    "load_bundle", "load_covariance", "log2_am_gm", "measure_rate", "pooled_entropy_bits",
-    "quantize", "rate_axis_label", "resolve_source", "reverse_waterfill", "rotated_d",
-    "save_covariance", "sweep", "synthetic", "table_to_csv", "validate_covariance",
-    "watersic_distortion",
+    "Covariance", "GPTQConfig", "GPTQECConfig", "LayerQuant", "LogProbStore", "ModelEval",
+    "ModelGridConfig", "ModelQuantResult", "QuantizeResult", "RATE_METRICS", "ROTATIONS",
+    "RTNConfig", "SPACE_FILLING_LOSS", "SYNTHETIC_FAMILIES", "WATERSIC_GAP_BITS",
+    "WaterSICConfig", "WfvizError", "bundle_report", "cholesky_diag", "coded_bits",
+    "column_entropy_bits", "distortion_rate_curve", "evaluate_model", "gap_bits",
+    "get_rotation", "gptq_ec_distortion", "gptq_gap_bits", "hadamard_matrix",
+    "highrate_it_distortion", "it_distortion", "layer_stats", "list_bundles", "load_bundle",
+    "load_covariance", "load_texts", "log2_am_gm", "measure_rate", "pooled_entropy_bits",
+    "quantize", "quantize_model", "rate_axis_label", "reference_store", "resolve_source",
+    "reverse_waterfill", "rotated_d", "run_model_grid", "save_covariance", "sweep", "synthetic",
+    "table_to_csv", "validate_covariance", "watersic_distortion",
 ]

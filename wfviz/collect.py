@@ -138,7 +138,8 @@ def check_inputs(inputs) -> tuple[str, ...]:
 
 
 def collect_statistics(model, windows, *, inputs=LAYER_INPUTS, accumulate_device=None,
-                       total_tokens=None, progress=True) -> LayerStatistics:
+                       total_tokens=None, progress=True,
+                       products: str = "float64") -> LayerStatistics:
     """Accumulate Σ_X = XᵀX / N of every decoder-block linear input over token windows.
 
     Parameters
@@ -156,6 +157,10 @@ def collect_statistics(model, windows, *, inputs=LAYER_INPUTS, accumulate_device
         For the progress bar only.
     progress : bool
         Show a tqdm bar with tokens/s on stderr.
+    products : {"float64", "float32"}
+        Precision of each forward pass's ``XᵀX``; the sum over passes is float64 either way.
+        ``"float32"`` is about twice as fast on CPUs and as precise as GPTQ's own Hessian
+        (accumulated in float32 throughout); ``"float64"`` is exact to rounding, as bundles need.
 
     Returns
     -------
@@ -171,6 +176,9 @@ def collect_statistics(model, windows, *, inputs=LAYER_INPUTS, accumulate_device
     ((160, 160), 50)
     """
     inputs = check_inputs(inputs)
+    if products not in ("float64", "float32"):
+        raise WfvizError(f"products must be 'float64' or 'float32', got {products!r}.")
+    dtype = getattr(torch, products)
     model_device = next(model.parameters()).device
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else model_device
     sums: dict[tuple[int, str], torch.Tensor] = {}
@@ -178,11 +186,14 @@ def collect_statistics(model, windows, *, inputs=LAYER_INPUTS, accumulate_device
 
     def make_hook(key):
         def hook(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(acc_device, torch.float64)
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(acc_device, dtype)
             if key not in sums:
                 sums[key] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64,
                                         device=acc_device)
-            sums[key].addmm_(x.T, x)
+            if dtype == torch.float64:
+                sums[key].addmm_(x.T, x)
+            else:
+                sums[key] += x.T @ x
         return hook
 
     for b, block in enumerate(decoder_blocks(model)):

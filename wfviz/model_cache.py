@@ -9,10 +9,11 @@ unpickles: arrays are ``.npz``/``.npy`` read with ``allow_pickle=False``, metada
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +69,25 @@ def model_fingerprint(provenance: dict) -> dict:
     return {"id": provenance.get("id"), "revision": provenance.get("revision")}
 
 
+@contextlib.contextmanager
 def _temporary(path: Path, suffix: str):
+    """A new file beside ``path`` (same file system, so the rename is atomic), opened for
+    binary writing with the process's default permissions; removed if the writer fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix,
-                                       delete=False)
-
-
-def _replace(tmp_name: str, path: Path) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
     try:
-        os.replace(tmp_name, path)
+        with open(tmp, "xb") as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
     except OSError:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -95,7 +104,7 @@ def atomic_write_text(path, text: str) -> Path:
     path = Path(path)
     with _temporary(path, ".tmp") as f:
         f.write(text.encode("utf-8"))
-        tmp = f.name
+        tmp = Path(f.name)
     _replace(tmp, path)
     return path
 
@@ -113,7 +122,7 @@ def atomic_save_npy(path, array: np.ndarray) -> Path:
     path = Path(path)
     with _temporary(path, ".npy") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        tmp = f.name
+        tmp = Path(f.name)
     _replace(tmp, path)
     return path
 
@@ -134,7 +143,7 @@ def save_arrays(path, arrays: dict, meta: dict) -> Path:
     path = Path(path)
     with _temporary(path, ".npz") as f:
         np.savez(f, **arrays, **{_META: np.array(json.dumps(meta))})
-        tmp = f.name
+        tmp = Path(f.name)
     _replace(tmp, path)
     return path
 

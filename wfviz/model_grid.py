@@ -39,7 +39,7 @@ QUANTIZE_SHARE = 0.5  # of a point's progress bar; the evaluation takes the rest
 CSV_COLUMNS = ("id", "kind", "model", "method", "rotation", "calibration", "target_rate", "plan",
                "rate", "rate_metric", "rate_label", "bits", "weights", "nll", "ppl", "kl",
                "eval_tokens", "calib_tokens", "quantize_time_s", "calibration_time_s",
-               "eval_time_s", "time_s")
+               "eval_time_s", "time_s", "cpu_s")
 """Columns of ``results.csv`` (and keys of every row in ``results.json``)."""
 
 
@@ -429,10 +429,12 @@ def run_model_grid(config: ModelGridConfig, *, command: str | None = None, progr
                    + (need_sigma and not sigma_file.is_file()))
     if not store.matches(prep.texts.evaluation):
         step.next("reference")
+    cpu0 = time.process_time()
     store, ref_eval = reference_store(prep.model, prep.texts.evaluation, store.directory,
                                       progress=progress, cancel=cancel)
     if REFERENCE_ID not in done:
-        _write_point(out, REFERENCE_ID, {"row": _reference_row(prep, ref_eval),
+        row = _reference_row(prep, ref_eval, time.process_time() - cpu0)
+        _write_point(out, REFERENCE_ID, {"row": row,
                                          "eval": ref_eval.to_dict(), "run": prep.run})
     results = write_results(out, prep.provenance)
     if not todo:
@@ -444,10 +446,11 @@ def run_model_grid(config: ModelGridConfig, *, command: str | None = None, progr
             say(f"one-shot Σ_X from the cache ({sigma_file})")
         else:
             step.next("Σ_X")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         sigmas = one_shot_sigmas(prep.model, prep.texts.calibration, cache_file=sigma_file,
                                  progress=progress, cancel=cancel)
-        prep.run["one_shot_sigma"] = {"cached": cached, "seconds": time.perf_counter() - t0}
+        prep.run["one_shot_sigma"] = {"cached": cached, "seconds": time.perf_counter() - t0,
+                                      "cpu_seconds": time.process_time() - cpu0}
     snapshot = snapshot_linears(prep.model)
     try:
         for point in todo:
@@ -487,18 +490,20 @@ def _base_row(prep) -> dict:
             "calib_tokens": spans["calibration"]["tokens"]}
 
 
-def _reference_row(prep, ev) -> dict:
+def _reference_row(prep, ev, cpu_s: float) -> dict:
     return {**_base_row(prep), "id": REFERENCE_ID, "kind": "reference", "method": None,
             "rotation": None, "calibration": None, "target_rate": None, "plan": None,
             "rate": None, "rate_metric": None, "rate_label": None, "bits": None,
             "weights": None, "nll": ev.nll, "ppl": ev.ppl, "kl": 0.0, "eval_tokens": ev.tokens,
             "calib_tokens": None, "quantize_time_s": None, "calibration_time_s": None,
-            "eval_time_s": ev.time_s, "time_s": ev.time_s}
+            "eval_time_s": ev.time_s, "time_s": ev.time_s, "cpu_s": cpu_s}
 
 
 def _run_point(prep, point, sigmas, store, ref_eval, config, progress, cancel) -> dict:
     from .model_eval import evaluate_model
     from .model_quant import quantize_model
+
+    cpu0 = time.process_time()
 
     def part(lo, hi):
         if progress is None:
@@ -522,7 +527,7 @@ def _run_point(prep, point, sigmas, store, ref_eval, config, progress, cancel) -
            "ppl": ev.ppl, "kl": ev.kl, "eval_tokens": ev.tokens,
            "quantize_time_s": res.time_s - res.calibration_time_s,
            "calibration_time_s": res.calibration_time_s, "eval_time_s": ev.time_s,
-           "time_s": res.time_s + ev.time_s}
+           "time_s": res.time_s + ev.time_s, "cpu_s": time.process_time() - cpu0}
     return {"row": row, "config": asdict(point), "run": prep.run, "summary": summary,
             "eval": ev.to_dict(),
             "reference": {"nll": ref_eval.nll, "ppl": ref_eval.ppl},

@@ -21,6 +21,7 @@ hidden states are kept between blocks (tokens × hidden × 4 bytes).
 
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
 import math
 import time
@@ -488,54 +489,122 @@ def _block_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _group_sigma(block, linear, hidden, kwargs, cancel) -> torch.Tensor:
-    """Σ_X of ``linear``'s input over all windows, each block pass stopped at that input."""
-    acc, tokens = None, 0
+class _AttentionReplay:
+    """Replays a block's attention output from the cached inputs of its output projection.
+
+    Once q/k/v and o are quantized, the attention output of a window is ``o(A)`` with ``A``
+    the o-projection's input seen in the o-group's pass; the later passes of the block (gate/up,
+    down, the block's output) then skip the attention itself: about half of a block's work at
+    2048 tokens. The replay is checked against a real pass once (``check``) and only used when
+    the two agree, so a block of another shape falls back to recomputing.
+    """
+
+    def __init__(self, block, o_layer: LinearLayer | None):
+        self.inputs: list[torch.Tensor] = []
+        self.window = 0
+        self.o_proj = o_layer.module if o_layer is not None else None
+        # the module whose last step is the o-projection (Llama's self_attn), not the block
+        self.attention = next((m for m in block.modules() if m is not block and any(
+            c is self.o_proj for c in m.children())), None)
+        self.usable = self.attention is not None
+
+    def _forward(self, *args, **kwargs):
+        return self.o_proj(self.inputs[self.window]), None
+
+    @contextlib.contextmanager
+    def active(self):
+        if not self.usable or not self.inputs:
+            yield
+            return
+        self.attention.forward = self._forward  # an instance attribute shadows the method
+        try:
+            yield
+        finally:
+            del self.attention.forward
+
+    def check(self, block, hidden, kwargs) -> None:
+        """Compare one window's block output with and without the replay."""
+        if not self.usable or not self.inputs:
+            return
+        h = hidden[0]
+        want = _block_output(block(h, **kwargs[h.shape[1]]))
+        self.window = 0
+        with self.active():
+            got = _block_output(block(h, **kwargs[h.shape[1]]))
+        scale = float(want.abs().max()) or 1.0
+        self.usable = bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * scale))
+
+
+def _block_pass(block, hidden, kwargs, cancel, replay, *, capture=None, keep=False):
+    """Run ``block`` over every window: stopped at ``capture``'s input (a linear layer and a
+    function that receives that input), or to the end, keeping the outputs when ``keep``."""
 
     def hook(_module, args):
-        nonlocal acc, tokens
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-        acc = x.T @ x if acc is None else acc.addmm_(x.T, x)
-        tokens += x.shape[0]
+        capture[1](args[0].detach())
         raise _Stop
 
-    handle = linear.register_forward_pre_hook(hook)
+    handle = capture[0].register_forward_pre_hook(hook) if capture is not None else None
     try:
-        for h in hidden:
-            if cancel is not None and cancel():
-                raise Cancelled("cancelled")
-            try:
-                block(h, **kwargs[h.shape[1]])
-            except _Stop:
-                pass
+        with replay.active():
+            for i, h in enumerate(hidden):
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled")
+                replay.window = i
+                try:
+                    out = block(h, **kwargs[h.shape[1]])
+                except _Stop:
+                    continue
+                if keep:
+                    hidden[i] = _block_output(out)
     finally:
-        handle.remove()
-    return acc / tokens
+        if handle is not None:
+            handle.remove()
+
+
+class _SigmaSum:
+    """Σ_X = XᵀX / N over the windows: float32 products per window, float64 sum."""
+
+    def __init__(self, keep_inputs: list | None = None):
+        self.acc, self.tokens, self.keep = None, 0, keep_inputs
+
+    def __call__(self, x: torch.Tensor) -> None:
+        if self.keep is not None:
+            self.keep.append(x)
+        x = x.reshape(-1, x.shape[-1]).float()
+        product = (x.T @ x).double()
+        self.acc = product if self.acc is None else self.acc.add_(product)
+        self.tokens += x.shape[0]
+
+    def sigma(self) -> torch.Tensor:
+        return self.acc / self.tokens
 
 
 def _sequential(model, layers, windows, run_group, cancel) -> float:
     """Run GPTQ's true-sequential order; returns the time spent collecting Σ_X."""
-    blocks = decoder_blocks(model)
     spent = 0.0
+    replay_ok = None  # whether the attention replay matched a real pass (checked once)
     with torch.no_grad():  # not inference mode: its tensors must not reach the quantizers
         t0 = time.perf_counter()
         hidden, kwargs = _block_inputs(model, windows, cancel)
         spent += time.perf_counter() - t0
-        for b, block in enumerate(blocks):
+        for b, block in enumerate(decoder_blocks(model)):
             mine = [la for la in layers if la.block == b]
+            replay = _AttentionReplay(block, next((la for la in mine if la.input == "o"), None))
+            replay.usable = replay.usable and replay_ok is not False
             for key in _GROUP_ORDER:
                 group = [la for la in mine if la.input == key]
                 if not group:
                     continue
                 t0 = time.perf_counter()
-                sigma = _group_sigma(block, group[0].module, hidden, kwargs, cancel)
+                acc = _SigmaSum(replay.inputs if key == "o" and replay.usable else None)
+                _block_pass(block, hidden, kwargs, cancel, replay, capture=(group[0].module, acc))
                 spent += time.perf_counter() - t0
-                run_group(group, sigma)
+                run_group(group, acc.sigma())
+                if key == "o" and replay_ok is None and replay.usable:
+                    replay.check(block, hidden, kwargs)
+                    replay_ok = replay.usable
             t0 = time.perf_counter()
-            for i, h in enumerate(hidden):
-                if cancel is not None and cancel():
-                    raise Cancelled("cancelled")
-                hidden[i] = _block_output(block(h, **kwargs[h.shape[1]]))
+            _block_pass(block, hidden, kwargs, cancel, replay, keep=True)
             spent += time.perf_counter() - t0
     return spent
 
