@@ -96,6 +96,18 @@ def test_sigma_matches_independent_capture():
     assert stats.sigmas[(1, "down")].shape == (160, 160)
 
 
+def test_float32_products_are_close_to_float64():
+    model = tiny_model()
+    windows = token_windows(torch.randint(0, 60, (300,)).tolist(), 300, 128)
+    exact = collect_statistics(model, windows, progress=False).sigmas
+    fast = collect_statistics(model, windows, progress=False, products="float32").sigmas
+    for key, sigma in exact.items():
+        assert fast[key].dtype == np.float64 and not np.array_equal(fast[key], sigma)
+        np.testing.assert_allclose(fast[key], sigma, rtol=0, atol=1e-6 * np.abs(sigma).max())
+    with pytest.raises(WfvizError, match="products must be"):
+        collect_statistics(model, windows, progress=False, products="float16")
+
+
 def test_inputs_subset_and_hooks_removed():
     model = tiny_model()
     stats = collect_statistics(model, [torch.arange(40)], inputs=("down",), progress=False)

@@ -46,6 +46,10 @@ from .quantizers.base import Cancelled
 CALIBRATIONS = ("one-shot", "sequential")
 _GROUP_ORDER = ("qkv", "o", "gate_up", "down")
 SIGMA_CACHE_FORMAT = 1
+SIGMA_PRODUCTS = "float32"
+"""Precision of each window's ``XᵀX`` (summed in float64): on the real SmolLM2 layers the
+float32 products change Σ_X by < 1e-6 (relative Frobenius) and the predicted gap by < 1e-5 bit,
+far below the sampling noise of the calibration tokens, and take about half the time."""
 
 
 @dataclass(frozen=True)
@@ -395,7 +399,7 @@ def sigma_cache_file(root, model_info: dict, spans, dtype: str = "float32"):
     key = cache_key({"kind": "one-shot sigma_x", "format": SIGMA_CACHE_FORMAT,
                      "model": model_fingerprint(model_info), "text": c.text.get("sha256"),
                      "start": c.start, "tokens": c.tokens, "seq_len": spans.seq_len,
-                     "dtype": dtype})
+                     "dtype": dtype, "products": SIGMA_PRODUCTS})
     return cache_root(root) / "sigma" / f"{key}.npz"
 
 
@@ -439,11 +443,13 @@ def one_shot_sigmas(model, windows, *, cache_file=None, progress=None, cancel=No
     with cancel_hooks(model, cancel), torch.inference_mode():
         stats: LayerStatistics = collect_statistics(
             model, _reporting(windows, progress, cancel, "Σ_X"), accumulate_device=acc,
-            progress=False)
+            progress=False, products=SIGMA_PRODUCTS)
     if cache_file is None:
         return SigmaSet(stats.sigmas, tokens=stats.tokens)
     meta = {"tokens": stats.tokens, "keys": [list(k) for k in stats.sigmas],
-            "definition": "Σ_X = XᵀX / tokens, uncentred, float64, unquantized model"}
+            "products": SIGMA_PRODUCTS,
+            "definition": "Σ_X = XᵀX / tokens, uncentred, unquantized model; float32 products "
+                          "per window summed in float64"}
     save_arrays(cache_file, {_array_name(k): v for k, v in stats.sigmas.items()}, meta)
     del stats
     return one_shot_sigmas(model, windows, cache_file=cache_file)
