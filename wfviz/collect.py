@@ -541,7 +541,7 @@ def run_collect(*, model, text, tokens, out, gguf_file=None, seq_len=2048, devic
         raise WfvizError(f"--full-layers {bad[0]} is not a block of this model (0–{n_blocks - 1}).")
     windows = token_windows(tokenize(tokenizer, text_str, tokens), tokens, seq_len)
     total = sum(int(w.numel()) for w in windows)
-    acc = _accumulator_device(lm, dev, inputs, n_blocks)
+    acc = accumulator_device(lm, dev, inputs, n_blocks)
     t0 = time.perf_counter()
     stats = collect_statistics(lm, windows, inputs=inputs, accumulate_device=acc,
                                total_tokens=total, progress=progress)
@@ -562,8 +562,14 @@ def _license_note(model_info: dict, text_info: dict) -> str:
             f"'{text_info['name']}' (WikiText-2: CC BY-SA 3.0 / GFDL when that file is used).")
 
 
-def _accumulator_device(model, device: torch.device, inputs, n_blocks: int) -> torch.device:
-    """The model's GPU when all float64 accumulators fit in half its free memory, else the CPU."""
+def accumulator_device(model, device: torch.device, inputs, n_blocks: int) -> torch.device:
+    """The model's GPU when all float64 accumulators fit in half its free memory, else the CPU.
+
+    Examples
+    --------
+    >>> accumulator_device(None, torch.device("cpu"), ("o",), 2)
+    device(type='cpu')
+    """
     if device.type != "cuda":
         return torch.device("cpu")
     cfg = model.config

@@ -247,7 +247,7 @@ def _evaluate(model, windows, reference, sink, progress, cancel, chunk_tokens) -
     nll_sum = kl_sum = 0.0
     tokens = 0
     window_nll = []
-    with cancel_hooks(model, cancel):
+    with cancel_hooks(model, cancel), torch.inference_mode():
         for i, ids in enumerate(windows):
             n = ids.numel() - 1
             if n < 1:
@@ -282,8 +282,11 @@ def _evaluate(model, windows, reference, sink, progress, cancel, chunk_tokens) -
 
 
 def _kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor) -> float:
-    """``Σ_rows Σ_v p_ref (log p_ref − log p)`` in float64."""
-    return float((ref_logp.exp() * (ref_logp - logp)).sum(dtype=torch.float64))
+    """``Σ_rows Σ_v p_ref (log p_ref − log p)``: each row summed in float32, the rows in
+    float64 (a float64 copy of the whole chunk costs more than the KL itself). Overwrites
+    ``ref_logp``."""
+    diff = ref_logp - logp
+    return float(diff.mul_(ref_logp.exp_()).sum(dim=-1).sum(dtype=torch.float64))
 
 
 def _sink_rows(rows, logp, s, e, n):

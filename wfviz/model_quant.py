@@ -16,7 +16,9 @@ Calibration. ``"one-shot"``: every Σ_X from the unquantized model, collected on
 ``"sequential"``: GPTQ's true-sequential order: block by block, each block's inputs produced by
 the already quantized blocks before it, and inside a block q/k/v first, then o, then gate/up,
 then down, the block's inner activations recomputed after each group. The calibration tokens'
-hidden states are kept between blocks (tokens × hidden × 4 bytes).
+hidden states are kept between blocks (tokens × hidden × 4 bytes), and each block's attention
+output is replayed from the cached inputs of its o-projection once q/k/v and o are quantized.
+Either way each window's ``XᵀX`` is a float32 product, summed over windows in float64.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from .collect import (
     LINEAR_INPUT,
     LayerStatistics,
+    accumulator_device,
     cancel_hooks,
     collect_statistics,
     decoder_blocks,
@@ -436,10 +439,8 @@ def one_shot_sigmas(model, windows, *, cache_file=None, progress=None, cancel=No
             arrays, meta = cached
             keys = [tuple(k) for k in meta["keys"]]
             return SigmaSet(dict.fromkeys(keys), tokens=int(meta["tokens"]), arrays=arrays)
-    from .collect import _accumulator_device
-
     dev = next(model.parameters()).device
-    acc = _accumulator_device(model, dev, _GROUP_ORDER, len(decoder_blocks(model)))
+    acc = accumulator_device(model, dev, _GROUP_ORDER, len(decoder_blocks(model)))
     with cancel_hooks(model, cancel), torch.inference_mode():
         stats: LayerStatistics = collect_statistics(
             model, _reporting(windows, progress, cancel, "Σ_X"), accumulate_device=acc,
