@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -101,15 +102,24 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS))
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception says that a device (GPU or CPU) ran out of memory.
+@contextlib.contextmanager
+def forward_oom_as_error():
+    """Turn running out of memory inside (a model's forward passes) into one WfvizError.
 
     Examples
     --------
-    >>> is_out_of_memory(RuntimeError("CUDA out of memory")), is_out_of_memory(ValueError("x"))
-    (True, False)
+    >>> with forward_oom_as_error():
+    ...     raise MemoryError()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    wfviz.errors.WfvizError: The model's forward pass ran out of memory; ...
     """
-    return _is_oom(exc)
+    try:
+        yield
+    except Exception as exc:
+        if _is_oom(exc):
+            raise WfvizError("The model's forward pass ran out of memory; use --device cpu, a "
+                             "shorter --seq-len, or fewer tokens.") from exc
+        raise
 
 
 def _cpu_oom_error() -> WfvizError:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .collect import cancel_hooks
+from .device import forward_oom_as_error
 from .errors import WfvizError
 from .model_cache import atomic_save_npy, atomic_write_text
 from .quantizers.base import Cancelled
@@ -247,7 +248,7 @@ def _evaluate(model, windows, reference, sink, progress, cancel, chunk_tokens) -
     nll_sum = kl_sum = 0.0
     tokens = 0
     window_nll = []
-    with cancel_hooks(model, cancel), torch.inference_mode():
+    with cancel_hooks(model, cancel), torch.inference_mode(), forward_oom_as_error():
         for i, ids in enumerate(windows):
             n = ids.numel() - 1
             if n < 1:

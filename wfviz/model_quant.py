@@ -41,7 +41,7 @@ from .collect import (
     collect_statistics,
     decoder_blocks,
 )
-from .device import is_out_of_memory
+from .device import forward_oom_as_error
 from .errors import WfvizError
 from .model_cache import cache_key, load_arrays, model_fingerprint, save_arrays
 from .quantizers.base import Cancelled
@@ -441,7 +441,7 @@ def one_shot_sigmas(model, windows, *, cache_file=None, progress=None, cancel=No
             return SigmaSet(dict.fromkeys(keys), tokens=int(meta["tokens"]), arrays=arrays)
     dev = next(model.parameters()).device
     acc = accumulator_device(model, dev, _GROUP_ORDER, len(decoder_blocks(model)))
-    with cancel_hooks(model, cancel), torch.inference_mode():
+    with cancel_hooks(model, cancel), torch.inference_mode(), forward_oom_as_error():
         stats: LayerStatistics = collect_statistics(
             model, _reporting(windows, progress, cancel, "Σ_X"), accumulate_device=acc,
             progress=False, products=SIGMA_PRODUCTS)
@@ -717,14 +717,9 @@ def quantize_model(model, calib_windows, *, method: str, rate=None, plan=None,
     controller = rate_controller(layers, method, rate=rate, plan=plan)
     run = _LayerRunner(method, rotation, metric, seed, device, controller, cancel, options,
                        progress, sum(la.weights for la in layers), len(decoder_blocks(model)))
-    try:
+    with forward_oom_as_error():
         calib_time = _calibrate_and_quantize(model, layers, calib_windows, calibration, sigmas,
                                              run, cancel)
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            raise WfvizError("The model's forward pass ran out of memory; use --device cpu, a "
-                             "shorter --seq-len, or fewer calibration tokens.") from exc
-        raise
     return ModelQuantResult(model=model, layers=tuple(run.rows), method=method,
                             rotation=rotation, calibration=calibration, rate_metric=metric,
                             seed=seed, calibration_time_s=calib_time,
