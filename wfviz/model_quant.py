@@ -359,12 +359,23 @@ class SigmaSet(Mapping):
     >>> s = SigmaSet({(0, "o"): np.eye(2)}, tokens=5)
     >>> s[(0, "o")].shape, len(s), s.tokens
     ((2, 2), 1, 5)
+    >>> s.theory((0, "o"), "identity", 0)["predicted_gap_bits"]
+    0.0
     """
 
     def __init__(self, sigmas, tokens: int, arrays=None):
         self._sigmas = sigmas
         self._arrays = arrays
         self.tokens = tokens
+        self._theory: dict = {}
+
+    def theory(self, key, rotation: str, seed: int) -> dict:
+        """The layer theory of one Σ_X in a rotated basis (see :class:`LayerQuant`), computed
+        once and reused by every point of a grid that shares this set."""
+        memo = (key, rotation, seed)
+        if memo not in self._theory:
+            self._theory[memo] = _theory(self[key], rotation, seed)
+        return self._theory[memo]
 
     def __getitem__(self, key):
         if self._arrays is not None:
@@ -734,7 +745,9 @@ def _calibrate_and_quantize(model, layers, windows, calibration, sigmas, run, ca
         sigmas = one_shot_sigmas(model, windows, cancel=cancel)
     spent = time.perf_counter() - t0
     for key in dict.fromkeys((la.block, la.input) for la in layers):
-        run.group([la for la in layers if (la.block, la.input) == key], sigmas[key])
+        theory = sigmas.theory(key, run.rotation, run.seed) if isinstance(sigmas, SigmaSet) \
+            else None
+        run.group([la for la in layers if (la.block, la.input) == key], sigmas[key], theory)
     return spent
 
 
@@ -749,8 +762,8 @@ class _LayerRunner:
         self.total, self.done, self.n_blocks = total_weights, 0, n_blocks
         self.rows: list[LayerQuant] = []
 
-    def group(self, group, sigma) -> None:
-        theory = _theory(sigma, self.rotation, self.seed)
+    def group(self, group, sigma, theory: dict | None = None) -> None:
+        theory = theory or _theory(sigma, self.rotation, self.seed)
         for la in group:
             self.layer(la, sigma, theory)
 
