@@ -427,13 +427,14 @@ def run_model_grid(config: ModelGridConfig, *, command: str | None = None, progr
     need_sigma = any(p.calibration == "one-shot" for p in todo)
     step = _Stages(on_point, len(todo) + (not store.matches(prep.texts.evaluation))
                    + (need_sigma and not sigma_file.is_file()))
-    if not store.matches(prep.texts.evaluation):
+    reused = store.matches(prep.texts.evaluation)
+    if not reused:
         step.next("reference")
     cpu0 = time.process_time()
     store, ref_eval = reference_store(prep.model, prep.texts.evaluation, store.directory,
                                       progress=progress, cancel=cancel)
     if REFERENCE_ID not in done:
-        row = _reference_row(prep, ref_eval, time.process_time() - cpu0)
+        row = _reference_row(prep, ref_eval, None if reused else time.process_time() - cpu0)
         _write_point(out, REFERENCE_ID, {"row": row,
                                          "eval": ref_eval.to_dict(), "run": prep.run})
     results = write_results(out, prep.provenance)
@@ -490,7 +491,7 @@ def _base_row(prep) -> dict:
             "calib_tokens": spans["calibration"]["tokens"]}
 
 
-def _reference_row(prep, ev, cpu_s: float) -> dict:
+def _reference_row(prep, ev, cpu_s: float | None) -> dict:
     return {**_base_row(prep), "id": REFERENCE_ID, "kind": "reference", "method": None,
             "rotation": None, "calibration": None, "target_rate": None, "plan": None,
             "rate": None, "rate_metric": None, "rate_label": None, "bits": None,
