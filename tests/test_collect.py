@@ -6,35 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-from wfviz.cli import main  # noqa: E402
-from wfviz.collect import (  # noqa: E402
+from tests._tiny_llm import WORDS, tiny_model, tiny_tokenizer
+from wfviz.cli import main
+from wfviz.collect import (
     check_inputs,
     collect_statistics,
     model_label,
     token_windows,
 )
-from wfviz.errors import WfvizError  # noqa: E402
-
-WORDS = [f"w{i}" for i in range(60)]
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(WORDS) + 2, max_position_embeddings=256)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def tiny_tokenizer():
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                pad_token="[PAD]")
+from wfviz.errors import WfvizError
 
 
 @pytest.fixture(scope="module")
