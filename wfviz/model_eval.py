@@ -263,7 +263,7 @@ def _evaluate(model, windows, reference, sink, progress, cancel, chunk_tokens) -
                 e = min(s + chunk_tokens, n)
                 logp = own(s, e)
                 target = ids[s + 1:e + 1].to(logp.device)
-                nll_w -= float(logp.gather(1, target[:, None]).sum(dtype=torch.float64))
+                nll_w -= float(logp.gather(1, target[:, None]).cpu().sum(dtype=torch.float64))
                 if ref is not None:
                     kl_sum += _kl_sum(ref(s, e).to(logp.device), logp)
                 if sink is not None:
@@ -287,7 +287,8 @@ def _kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor) -> float:
     float64 (a float64 copy of the whole chunk costs more than the KL itself). Overwrites
     ``ref_logp``."""
     diff = ref_logp - logp
-    return float(diff.mul_(ref_logp.exp_()).sum(dim=-1).sum(dtype=torch.float64))
+    rows = diff.mul_(ref_logp.exp_()).sum(dim=-1)
+    return float(rows.cpu().sum(dtype=torch.float64))  # on the CPU: MPS has no float64
 
 
 def _sink_rows(rows, logp, s, e, n):

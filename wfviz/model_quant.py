@@ -41,7 +41,7 @@ from .collect import (
     collect_statistics,
     decoder_blocks,
 )
-from .device import forward_oom_as_error
+from .device import float64_device, forward_oom_as_error
 from .errors import WfvizError
 from .model_cache import cache_key, load_arrays, model_fingerprint, save_arrays
 from .quantizers.base import Cancelled
@@ -589,7 +589,7 @@ class _SigmaSum:
         if self.keep is not None:
             self.keep.append(x)
         x = x.reshape(-1, x.shape[-1]).float()
-        product = (x.T @ x).double()
+        product = (x.T @ x).to(float64_device(x.device), torch.float64)
         self.acc = product if self.acc is None else self.acc.add_(product)
         self.tokens += x.shape[0]
 
