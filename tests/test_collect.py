@@ -6,35 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
-
-from wfviz.cli import main  # noqa: E402
-from wfviz.collect import (  # noqa: E402
+from tests._tiny_llm import WORDS, tiny_model, tiny_tokenizer
+from wfviz.cli import main
+from wfviz.collect import (
     check_inputs,
     collect_statistics,
     model_label,
     token_windows,
 )
-from wfviz.errors import WfvizError  # noqa: E402
-
-WORDS = [f"w{i}" for i in range(60)]
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(WORDS) + 2, max_position_embeddings=256)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def tiny_tokenizer():
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                pad_token="[PAD]")
+from wfviz.errors import WfvizError
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +74,18 @@ def test_sigma_matches_independent_capture():
             assert got.dtype == np.float64
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * np.abs(want).max())
     assert stats.sigmas[(1, "down")].shape == (160, 160)
+
+
+def test_float32_products_are_close_to_float64():
+    model = tiny_model()
+    windows = token_windows(torch.randint(0, 60, (300,)).tolist(), 300, 128)
+    exact = collect_statistics(model, windows, progress=False).sigmas
+    fast = collect_statistics(model, windows, progress=False, products="float32").sigmas
+    for key, sigma in exact.items():
+        assert fast[key].dtype == np.float64 and not np.array_equal(fast[key], sigma)
+        np.testing.assert_allclose(fast[key], sigma, rtol=0, atol=1e-6 * np.abs(sigma).max())
+    with pytest.raises(WfvizError, match="products must be"):
+        collect_statistics(model, windows, progress=False, products="float16")
 
 
 def test_inputs_subset_and_hooks_removed():

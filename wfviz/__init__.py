@@ -23,6 +23,9 @@ Real weights
     layer_weights, weights_label, column_entropy_powers, predicted_distortion
 Experiments
     sweep, iter_sweep, SweepPoint, gap_table, table_to_csv, bundle_report
+Whole models
+    quantize_model, ModelQuantResult, LayerQuant, evaluate_model, ModelEval, LogProbStore,
+    reference_store, load_texts, run_model_grid, ModelGridConfig
 Figures (plotly)
     plots: the figure builders of the app
 Words
@@ -50,6 +53,10 @@ _EXPORTS = {
     "errors": ("Cancelled", "ResourceError", "WfvizError", "WfvizException", "WfvizWarning"),
     "experiments": ("SweepPoint", "gap_table", "iter_sweep", "sweep", "table_to_csv"),
     "glossary": ("GLOSSARY", "glossary_markdown"),
+    "model_eval": ("LogProbStore", "ModelEval", "evaluate_model", "reference_store"),
+    "model_grid": ("ModelGridConfig", "run_model_grid"),
+    "model_quant": ("LayerQuant", "ModelQuantResult", "quantize_model"),
+    "model_text": ("load_texts",),
     "quantize_layer": ("QuantizeResult", "method_config", "quantize"),
     "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",
                    "quantize_gptq", "quantize_gptq_ec", "quantize_rtn", "quantize_watersic"),

@@ -1,4 +1,4 @@
-"""The ``wfviz`` command line: stats, curve, collect, bundles, report, app.
+"""The ``wfviz`` command line: stats, curve, collect, bundles, report, quantize-model, app.
 
 Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
 """
@@ -82,7 +82,15 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--measure", action="store_true", help="also run the quantizers on full layers")
     r.add_argument("--haar-seeds", type=int, default=5,
                    help="Haar samples averaged per layer (default 5; 1 is five times faster)")
+    _add_quantize_model(sub)
     return p
+
+
+def _add_quantize_model(sub) -> None:
+    from .model_grid import add_arguments
+
+    add_arguments(sub.add_parser("quantize-model", help="quantize every linear layer of a causal "
+                                 "LM (methods x rotations x rates); perplexity and KL"))
 
 
 def _cmd_stats(args) -> int:
@@ -234,12 +242,24 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_quantize_model(args) -> int:
+    from .model_grid import results_text, run_from_args
+
+    results = run_from_args(args, notice=lambda text: print(f"wfviz: {text}", file=sys.stderr))
+    if args.json:
+        _print_json(results)
+    else:
+        print(results_text(results))
+    return 0
+
+
 _COMMANDS = {
     "stats": _cmd_stats,
     "curve": _cmd_curve,
     "collect": _cmd_collect,
     "bundles": _cmd_bundles,
     "report": _cmd_report,
+    "quantize-model": _cmd_quantize_model,
     "app": _cmd_app,
 }
 

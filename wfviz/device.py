@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -98,6 +99,26 @@ def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(exc, (oom, MemoryError)) or (
         isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS))
+
+
+@contextlib.contextmanager
+def forward_oom_as_error():
+    """Turn running out of memory inside (a model's forward passes) into one ResourceError.
+
+    Examples
+    --------
+    >>> with forward_oom_as_error():
+    ...     raise MemoryError()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    wfviz.errors.ResourceError: The model's forward pass ran out of memory; ...
+    """
+    try:
+        yield
+    except Exception as exc:
+        if _is_oom(exc):
+            raise ResourceError("The model's forward pass ran out of memory; use --device cpu, "
+                                "a shorter --seq-len, or fewer tokens.") from exc
+        raise
 
 
 def _cpu_oom_error() -> ResourceError:
