@@ -96,7 +96,7 @@ def cancel_hooks(model: torch.nn.Module, cancel=None):
     if cancel is None:
         yield
         return
-    from .quantizers.base import Cancelled
+    from .errors import Cancelled
 
     def hook(_module, _args):
         if cancel():

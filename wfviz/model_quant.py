@@ -44,7 +44,7 @@ from .collect import (
 from .device import float64_device, forward_oom_as_error
 from .errors import WfvizError
 from .model_cache import cache_key, load_arrays, model_fingerprint, save_arrays
-from .quantizers.base import Cancelled
+from .errors import Cancelled
 
 CALIBRATIONS = ("one-shot", "sequential")
 _GROUP_ORDER = ("qkv", "o", "gate_up", "down")
@@ -691,7 +691,7 @@ def quantize_model(model, calib_windows, *, method: str, rate=None, plan=None,
     sigmas : mapping, optional
         One-shot Σ_X per ``(block, input)`` (:func:`one_shot_sigmas`); collected here when None.
     **options
-        Method options passed to :func:`wfviz.quantize` (e.g. ``percdamp``).
+        Method options passed to :func:`wfviz.quantize` (e.g. ``damping``).
 
     Returns
     -------
