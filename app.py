@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/waterfilling.py", title="Waterfilling", icon=":material/water:"),
     st.Page("pages/quantize.py", title="Quantize: WaterSIC vs GPTQ", icon=":material/compress:"),
     st.Page("pages/layer_stats.py", title="Layer statistics", icon=":material/table_chart:"),
+    st.Page("pages/model.py", title="Model: perplexity vs bits", icon=":material/memory:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 

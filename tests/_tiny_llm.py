@@ -52,3 +52,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def save_tiny_model(directory):
+    """The tiny model and its tokenizer saved as a Hugging Face model folder."""
+    tiny_model().save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def write_tiny_grid(root, model_dir, text):
+    """A real grid on the tiny model, written by run_model_grid into ``root / "out"``:
+    gptq at 3 and 4 bits and watersic at 3, one-shot, 256 + 256 tokens in windows of 128."""
+    from wfviz.model_grid import ModelGridConfig, run_model_grid
+
+    common = dict(model=str(model_dir), text=str(text), calib_tokens=256, eval_tokens=256,
+                  seq_len=128, device="cpu", cache_dir=str(root / "cache"), out=str(root / "out"),
+                  resume=True)
+    run_model_grid(ModelGridConfig(methods=("gptq",), rates=(3.0, 4.0), **common))
+    run_model_grid(ModelGridConfig(methods=("watersic",), rates=(3.0,), **common))
+    return root / "out"

@@ -25,7 +25,8 @@ Experiments
     sweep, iter_sweep, SweepPoint, gap_table, table_to_csv, bundle_report
 Whole models
     quantize_model, ModelQuantResult, LayerQuant, evaluate_model, ModelEval, LogProbStore,
-    reference_store, load_texts, run_model_grid, ModelGridConfig
+    reference_store, load_texts, run_model_grid, ModelGridConfig, load_results,
+    shipped_results, ModelResults, PointRequest, start_point
 Figures (plotly)
     plots: the figure builders of the app
 Words
@@ -55,7 +56,9 @@ _EXPORTS = {
     "glossary": ("GLOSSARY", "glossary_markdown"),
     "model_eval": ("LogProbStore", "ModelEval", "evaluate_model", "reference_store"),
     "model_grid": ("ModelGridConfig", "run_model_grid"),
+    "model_jobs": ("PointRequest", "start_point"),
     "model_quant": ("LayerQuant", "ModelQuantResult", "quantize_model"),
+    "model_results": ("ModelResults", "load_results", "shipped_results"),
     "model_text": ("load_texts",),
     "quantize_layer": ("QuantizeResult", "method_config", "quantize"),
     "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",

@@ -45,6 +45,17 @@ def check_metric(metric: str) -> None:
                          f"{', '.join(RATE_METRICS)}.")
 
 
+def metric_name(metric: str) -> str:
+    """A rate metric's short plain-language name (an unknown name comes back as it is).
+
+    Examples
+    --------
+    >>> metric_name("log_cardinality")
+    'log-cardinality'
+    """
+    return _AXIS_NAMES.get(metric, metric)
+
+
 def rate_axis_label(metric: str) -> str:
     """Axis title that says how the rate was counted.
 

@@ -10,6 +10,9 @@ One layer's Σ_X (:mod:`wfviz.plots.layer`)
     block_average, correlation_matrix, top_channels, log_tick_text, wrap_title
 A sweep (:mod:`wfviz.plots.sweeps`)
     dr_figure, gap_figure, column_rate_figure, gptq_gaps
+A whole model (:mod:`wfviz.plots.model`)
+    model_curve_figure (perplexity or KL vs measured bits per weight), layer_heatmap_figure
+    (blocks × layer kinds), model_label, LAYER_VALUES
 
 Large spectra are thinned to at most :data:`MAX_POINTS` points per trace; trace names are
 stable (the tests find traces by name). Streamlit is never imported here.
@@ -40,11 +43,13 @@ from .layer import (
     vessel_figure,
     wrap_title,
 )
+from .model import LAYER_VALUES, layer_heatmap_figure, model_curve_figure, model_label
 from .sweeps import column_rate_figure, dr_figure, gap_figure, gptq_gaps
 
-__all__ = ["CODED", "HEATMAP_SIZE", "INK", "MAX_BARS", "MAX_POINTS", "OUTLIER_RATIO", "WATER",
-           "block_average", "cholesky_figure", "column_rate_figure", "column_rates_figure",
-           "correlation_matrix", "diagonal_figure", "dr_curve_figure", "dr_figure",
-           "gap_figure", "gptq_gaps", "heatmap_figure", "label_positions", "log_tick_text",
+__all__ = ["CODED", "HEATMAP_SIZE", "INK", "LAYER_VALUES", "MAX_BARS", "MAX_POINTS",
+           "OUTLIER_RATIO", "WATER", "block_average", "cholesky_figure", "column_rate_figure",
+           "column_rates_figure", "correlation_matrix", "diagonal_figure", "dr_curve_figure",
+           "dr_figure", "gap_figure", "gptq_gaps", "heatmap_figure", "label_positions",
+           "layer_heatmap_figure", "log_tick_text", "model_curve_figure", "model_label",
            "plot_index", "rates_figure", "spectrum_figure", "style_figure", "top_channels",
            "vessel_figure", "wrap_title"]
