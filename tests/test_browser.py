@@ -396,3 +396,20 @@ def test_a_long_run_reports_progress_often_and_cancels_at_once(app_page, app_url
     assert max(gaps) <= 2.0, gaps
     assert latency <= 2.0
     _assert_no_exception(app_page)
+
+
+def test_model_page_curves_and_a_points_heatmaps(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/model")
+    assert app_page.locator(PLOT).count() >= 4  # the curves and three per-layer heatmaps
+    plots = _plots(app_page)
+    _select_option(app_page, "m_point", 1)
+    _wait_changed(app_page, _plots, plots)
+    _assert_no_exception(app_page)
+    _shoot(app_page, shot_dir, "model.png")
+    app_page.set_viewport_size(PRESENTER_VIEWPORT)
+    _presenter_on(app_page)
+    _assert_no_exception(app_page)
+    _assert_presentable(app_page, "model")
+    app_page.evaluate("document.querySelector('.st-key-m_curve').scrollIntoView({block: 'start'})")
+    app_page.wait_for_timeout(500)
+    app_page.screenshot(path=str(shot_dir / "model_presenter.png"))
