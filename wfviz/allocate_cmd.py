@@ -63,7 +63,7 @@ def plan_text(plan, fmt: str) -> str:
     >>> from wfviz.allocation import LayerCost, uniform_plan
     >>> p = uniform_plan([LayerCost("model.layers.0.mlp.up_proj", 0, "up", 8, 1., 0., 0.)], 3)
     >>> print(plan_text(p, "llama-cpp"), end="")
-    --tensor-type ^blk\\.0\\.ffn_up\\.weight$=q3_K
+    --tensor-type ^blk\\.0\\.ffn_up\\.weight$=q2_K
     """
     import json
 

@@ -31,9 +31,8 @@ import torch
 
 from .collect import cancel_hooks
 from .device import forward_oom_as_error
-from .errors import WfvizError
+from .errors import Cancelled, WfvizError
 from .model_cache import atomic_save_npy, atomic_write_text
-from .errors import Cancelled
 
 CHUNK_TOKENS = 256
 """Positions whose logits are computed at once (``CHUNK_TOKENS × vocab`` float32 each)."""

@@ -42,9 +42,8 @@ from .collect import (
     decoder_blocks,
 )
 from .device import float64_device, forward_oom_as_error
-from .errors import WfvizError
+from .errors import Cancelled, WfvizError
 from .model_cache import cache_key, load_arrays, model_fingerprint, save_arrays
-from .errors import Cancelled
 
 CALIBRATIONS = ("one-shot", "sequential")
 _GROUP_ORDER = ("qkv", "o", "gate_up", "down")

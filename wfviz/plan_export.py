@@ -71,8 +71,8 @@ def gguf_type(rate: float) -> str:
 
     Examples
     --------
-    >>> gguf_type(3.0), gguf_type(4.0), gguf_type(12.0)
-    ('q3_K', 'q4_K', 'q8_0')
+    >>> gguf_type(3.0), gguf_type(3.3), gguf_type(12.0)
+    ('q2_K', 'q3_K', 'q8_0')
     """
     return min(GGUF_TYPES, key=lambda t: (abs(t[1] - rate), -t[1]))[0]
 
