@@ -27,6 +27,9 @@ Whole models
     quantize_model, ModelQuantResult, LayerQuant, evaluate_model, ModelEval, LogProbStore,
     reference_store, load_texts, run_model_grid, ModelGridConfig, load_results,
     shipped_results, ModelResults, PointRequest, start_point
+Bit allocation across layers
+    allocate, LayerCost, RatePlan, uniform_plan, heuristic_plan, GreedyRates, layer_costs,
+    measured_costs, noise_sensitivity, fisher_sensitivity, to_llama_cpp, to_gptqmodel_dynamic
 Figures (plotly)
     plots: the figure builders of the app
 Words
@@ -47,6 +50,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "allocation": ("GreedyRates", "LayerCost", "RatePlan", "allocate", "heuristic_plan",
+                   "layer_costs", "measured_costs", "uniform_plan"),
     "basis": ("WorkingBasis", "working_basis"),
     "bundles": ("list_bundles", "load_bundle"),
     "covariance": ("Covariance",),
@@ -61,6 +66,7 @@ _EXPORTS = {
     "model_results": ("ModelResults", "load_results", "shipped_results"),
     "model_text": ("load_texts",),
     "quantize_layer": ("QuantizeResult", "method_config", "quantize"),
+    "plan_export": ("to_gptqmodel_dynamic", "to_llama_cpp"),
     "quantizers": ("METHODS", "GPTQConfig", "GPTQECConfig", "RTNConfig", "WaterSICConfig",
                    "quantize_gptq", "quantize_gptq_ec", "quantize_rtn", "quantize_watersic"),
     "rates": ("RATE_METRICS", "coded_bits", "column_entropy_bits", "measure_rate",
@@ -68,6 +74,7 @@ _EXPORTS = {
               "rate_axis_label"),
     "report": ("bundle_report",),
     "rotations": ("ROTATIONS", "get_rotation", "hadamard_matrix"),
+    "sensitivity": ("fisher_sensitivity", "noise_sensitivity"),
     "sources": ("SYNTHETIC_FAMILIES", "parse_source", "resolve_source", "synthetic"),
     "stats": ("layer_stats", "rotated_d"),
     "theory": ("SPACE_FILLING_LOSS", "WATERSIC_GAP_BITS", "cholesky_diag",

@@ -1,4 +1,5 @@
-"""The ``wfviz`` command line: stats, curve, collect, bundles, report, quantize-model, app.
+"""The ``wfviz`` command line: stats, curve, collect, bundles, report, quantize-model, allocate,
+app.
 
 Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
 """
@@ -83,6 +84,11 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--haar-seeds", type=int, default=5,
                    help="Haar samples averaged per layer (default 5; 1 is five times faster)")
     _add_quantize_model(sub)
+    from .allocate_cmd import add_arguments
+
+    add_arguments(sub.add_parser("allocate", help="split a model's bit budget over its layers "
+                                 "(waterfilling); a plan for quantize-model, llama.cpp or "
+                                 "GPTQModel"))
     return p
 
 
@@ -253,6 +259,17 @@ def _cmd_quantize_model(args) -> int:
     return 0
 
 
+def _cmd_allocate(args) -> int:
+    from .allocate_cmd import run_allocate, summary_text
+    from .model_cache import atomic_write_text
+
+    plan, text = run_allocate(args)
+    atomic_write_text(args.out, text)
+    print(summary_text(plan))
+    print(f"wrote {args.out} ({args.format})")
+    return 0
+
+
 _COMMANDS = {
     "stats": _cmd_stats,
     "curve": _cmd_curve,
@@ -260,6 +277,7 @@ _COMMANDS = {
     "bundles": _cmd_bundles,
     "report": _cmd_report,
     "quantize-model": _cmd_quantize_model,
+    "allocate": _cmd_allocate,
     "app": _cmd_app,
 }
 

@@ -130,8 +130,16 @@ def parse_rates(text) -> tuple[float, ...]:
     return tuple(out)
 
 
-def read_plan(path) -> tuple[dict, str, str]:
-    """A plan file: JSON, either ``{layer: rate}`` or ``{"rates": {layer: rate}, ...}``.
+def read_plan(path, *, model: dict | None = None) -> tuple[dict, str, str]:
+    """A plan file: JSON, either ``{layer: rate}``, ``{"rates": {layer: rate}, ...}``, or a
+    rate plan written by ``wfviz allocate`` (:meth:`wfviz.allocation.RatePlan.to_json`).
+
+    Parameters
+    ----------
+    path : str or Path
+    model : dict, optional
+        The loaded model's provenance (:func:`wfviz.collect.load_model`); a rate plan that
+        records another model's fingerprint is refused.
 
     Returns
     -------
@@ -140,6 +148,11 @@ def read_plan(path) -> tuple[dict, str, str]:
         The file name.
     sha256 : str
         Of the file's bytes.
+
+    Raises
+    ------
+    WfvizError
+        Not JSON, no numeric rates, or a rate plan made for another model.
     """
     from .collect import sha256_file
 
@@ -155,7 +168,20 @@ def read_plan(path) -> tuple[dict, str, str]:
             for k, v in rates.items()):
         raise WfvizError(f"The plan {path} must map layer names to numbers, as "
                          '{"model.layers.0.self_attn.q_proj": 3.0, ...} or {"rates": {...}}.')
+    if model is not None:
+        _check_plan_model(data, model, p.name)
     return {k: float(v) for k, v in rates.items()}, p.name, sha256_file(p)
+
+
+def _check_plan_model(data: dict, model: dict, name: str) -> None:
+    """A rate plan's recorded model fingerprint must be the loaded model's."""
+    from .model_cache import model_fingerprint
+
+    recorded = data.get("model_fingerprint") if isinstance(data, dict) else None
+    if recorded and recorded != model_fingerprint(model):
+        raise WfvizError(f"The plan {name} was made for model {data.get('model') or 'another'}, "
+                         f"not for {model.get('label') or model.get('id')}; make a plan for this "
+                         "model with wfviz allocate.")
 
 
 def grid_points(config: ModelGridConfig, plan: tuple | None = None) -> list[GridPoint]:
@@ -351,6 +377,7 @@ def prepare_grid(config: ModelGridConfig, *, command: str | None = None) -> _Pre
     model, tokenizer, info = load_model(config.model, gguf_file=config.gguf_file, device=dev)
     layers = model_linears(model)
     if plan is not None:
+        read_plan(config.plan, model=info)
         for m in config.methods:
             rate_controller(layers, m, plan=plan[0])
     texts = load_texts(tokenizer, text=config.text, calib_text=config.calib_text,

@@ -138,7 +138,8 @@ def layer_heatmap_figure(layers: list[dict], value: str = "relative_distortion",
     text = [[("—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}")
              for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(
-        z=shown, x=[k.removesuffix("_proj") for k in kinds], y=blocks, colorscale="Viridis", name=value,
+        z=shown, x=[k.removesuffix("_proj") for k in kinds], y=blocks, colorscale="Viridis",
+        name=value,
         customdata=text, hovertemplate="block %{y} · %{x}: %{customdata}<extra></extra>",
         colorbar=dict(title=dict(text=bar))))
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(blocks) // 10))
