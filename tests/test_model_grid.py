@@ -184,3 +184,26 @@ def test_grid_points_checked_before_anything_loads(tmp_path):
     with pytest.raises(WfvizError, match="whole numbers"):
         run_model_grid(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_group_size_runs_gptq_groups_and_counts_their_scales(model_dir, text, tmp_path, cache,
+                                                              capsys):
+    out = tmp_path / "grid"
+    assert main(args(model_dir, text, out, **{"--rates": "4", "--methods": "gptq,watersic",
+                                              "--group-size": "32"})) == 0
+    capsys.readouterr()
+    rows = {p["id"]: p for p in json.loads((out / "results.json").read_text())["points"]}
+    assert set(rows) == {"gptq_identity_4b-g32_one-shot", "watersic_identity_4b_one-shot"}
+    assert main(args(model_dir, text, out, **{"--rates": "4", "--resume": None})) == 0
+    plain = {p["id"]: p for p in json.loads((out / "results.json").read_text())["points"]}
+    # a scale per 32 columns costs more side information than one per row
+    assert plain["gptq_identity_4b-g32_one-shot"]["rate"] > plain["gptq_identity_4b_one-shot"][
+        "rate"]
+    capsys.readouterr()
+    for bad in ("-1", "2.5"):
+        code = main(args(model_dir, text, tmp_path / "bad", **{"--group-size": bad}))
+        assert code == 2 and "group" in capsys.readouterr().err
+    assert main(args(model_dir, text, tmp_path / "bad", **{"--methods": "watersic",
+                                                           "--group-size": "32"})) == 2
+    assert "applies to gptq only" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

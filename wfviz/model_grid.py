@@ -61,10 +61,12 @@ class GridPoint:
     calibration: str
     rate_metric: str | None = None
     seed: int = 0
+    group_size: int = 0
 
     @property
     def id(self) -> str:
         what = f"{self.rate:g}b" if self.plan is None else f"plan-{self.plan_sha256[:10]}"
+        what += f"-g{self.group_size}" if self.group_size else ""
         parts = [self.method, self.rotation, what, self.calibration]
         parts += [self.rate_metric] if self.rate_metric else []
         parts += [f"seed{self.seed}"] if self.seed else []
@@ -95,6 +97,7 @@ class ModelGridConfig:
     device: str = "auto"
     resume: bool = False
     cache_dir: str | None = None
+    group_size: int = 0
 
 
 def split_list(text, what: str) -> tuple[str, ...]:
@@ -184,6 +187,14 @@ def _check_plan_model(data: dict, model: dict, name: str) -> None:
                          "model with wfviz allocate.")
 
 
+GROUPED = ("gptq",)
+"""Methods that take ``group_size`` (a scale per group of columns; its bits are counted)."""
+
+
+def _group(method: str, config: ModelGridConfig) -> int:
+    return int(config.group_size) if method in GROUPED else 0
+
+
 def grid_points(config: ModelGridConfig, plan: tuple | None = None) -> list[GridPoint]:
     """The points of a grid, checked: known methods, rotations, calibrations and metrics, and
     rates each method can take.
@@ -211,6 +222,12 @@ def grid_points(config: ModelGridConfig, plan: tuple | None = None) -> list[Grid
     if config.rate_metric is not None and config.rate_metric not in RATE_METRICS:
         raise WfvizError(f"Unknown rate metric {config.rate_metric!r}; use one of "
                          f"{', '.join(RATE_METRICS)}.")
+    if config.group_size and not set(config.methods) & set(GROUPED):
+        raise WfvizError(f"--group-size applies to {', '.join(GROUPED)} only; add it to "
+                         "--methods or leave --group-size out.")
+    if int(config.group_size) != config.group_size or config.group_size < 0:
+        raise WfvizError(f"--group-size must be a whole number of columns ≥ 0, got "
+                         f"{config.group_size}.")
     points = []
     for c in config.calibrations:
         for m in config.methods:
@@ -220,11 +237,11 @@ def grid_points(config: ModelGridConfig, plan: tuple | None = None) -> list[Grid
                     for value in rates.values():
                         check_rate(m, value)
                     points.append(GridPoint(m, r, None, label, sha, c, config.rate_metric,
-                                            config.seed))
+                                            config.seed, _group(m, config)))
                     continue
                 for rate in config.rates:
                     points.append(GridPoint(m, r, check_rate(m, rate), None, None, c,
-                                            config.rate_metric, config.seed))
+                                            config.rate_metric, config.seed, _group(m, config)))
     return points
 
 
@@ -543,7 +560,8 @@ def _run_point(prep, point, sigmas, store, ref_eval, config, progress, cancel) -
                          rotation=point.rotation, calibration=point.calibration,
                          rate_metric=point.rate_metric, seed=point.seed, device=config.device,
                          progress=part(0.0, QUANTIZE_SHARE), cancel=cancel,
-                         sigmas=sigmas if point.calibration == "one-shot" else None)
+                         sigmas=sigmas if point.calibration == "one-shot" else None,
+                         **({"group_size": point.group_size} if point.group_size else {}))
     ev = evaluate_model(prep.model, prep.texts.evaluation, reference=store,
                         progress=part(QUANTIZE_SHARE, 1.0), cancel=cancel)
     summary = res.summary()
@@ -585,6 +603,8 @@ def add_arguments(q) -> None:
     q.add_argument("--rates", default="4", help="comma-separated bits per weight (whole bits for "
                    "rtn and gptq; default 4)")
     q.add_argument("--plan", default=None, help="JSON file of per-layer rates (instead of --rates)")
+    q.add_argument("--group-size", type=int, default=0, help="gptq: a scale per this many "
+                   "columns, its bits counted (default 0: one scale per row)")
     q.add_argument("--calibration", default="one-shot",
                    help="one-shot, sequential, or both comma-separated (default one-shot)")
     q.add_argument("--rate-metric", default=None, help="how rates are counted (default: each "
@@ -610,7 +630,7 @@ def config_from_args(args) -> ModelGridConfig:
         rotations=split_list(args.rotations, "--rotations"), rates=parse_rates(args.rates),
         plan=args.plan, calibrations=split_list(args.calibration, "--calibration"),
         rate_metric=args.rate_metric, seed=args.seed, device=args.device, out=args.out,
-        resume=args.resume, cache_dir=args.cache_dir)
+        resume=args.resume, cache_dir=args.cache_dir, group_size=args.group_size)
 
 
 def grid_command(config: ModelGridConfig) -> str:
@@ -639,6 +659,7 @@ def grid_command(config: ModelGridConfig) -> str:
     parts += [f"--calibration {','.join(config.calibrations)}", f"--device {config.device}"]
     parts += [f"--rate-metric {config.rate_metric}"] if config.rate_metric else []
     parts += [f"--seed {config.seed}"] if config.seed else []
+    parts += [f"--group-size {config.group_size}"] if config.group_size else []
     parts += [f"--out {name(config.out)}"] + (["--resume"] if config.resume else [])
     return " ".join(parts)
 
