@@ -143,4 +143,5 @@ def layer_heatmap_figure(layers: list[dict], value: str = "relative_distortion",
         customdata=text, hovertemplate="block %{y} · %{x}: %{customdata}<extra></extra>",
         colorbar=dict(title=dict(text=bar))))
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(blocks) // 10))
+    fig.update_xaxes(tickangle=0)
     return style_figure(fig, title or label, "layer kind", "decoder block", height=520)
