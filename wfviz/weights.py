@@ -201,13 +201,13 @@ def source_weights_reason(spec: str) -> str | None:
     Examples
     --------
     >>> source_weights_reason("synthetic:ar1?n=8")
-    'Real weights exist only for the bundled SmolLM2-135M layers; pick a bundled block marked \
-"full Σ_X" in the sidebar.'
+    'Real weights exist only for the bundled SmolLM2-135M layers; pick a bundled block whose full \
+Σ_X is stored (marked "full Σ_X" in the app).'
     """
     from .bundles import load_bundle
     from .sources import parse_source
 
-    where = "pick a bundled block marked \"full Σ_X\" in the sidebar"
+    where = "pick a bundled block whose full Σ_X is stored (marked \"full Σ_X\" in the app)"
     try:
         source = parse_source(spec) if isinstance(spec, str) else None
     except WfvizError:
