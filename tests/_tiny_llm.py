@@ -72,3 +72,4 @@ def write_tiny_grid(root, model_dir, text):
     run_model_grid(ModelGridConfig(methods=("gptq",), rates=(3.0, 4.0), **common))
     run_model_grid(ModelGridConfig(methods=("watersic",), rates=(3.0,), **common))
     return root / "out"
+

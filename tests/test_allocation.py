@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from tests._tiny_llm import one_torch_thread, tiny_model, tiny_tokenizer, transformers, write_text  # noqa: F401
+from tests._tiny_llm import (  # noqa: F401
+    one_torch_thread,
+    tiny_model,
+    tiny_tokenizer,
+    transformers,
+    write_text,
+)
 from wfviz.allocation import (
     GreedyRates,
     LayerCost,
@@ -210,19 +216,6 @@ def test_greedy_controller_runs_in_quantize_model(tiny):
 
 # ---------------------------------------------------------------------------------------------
 # The CLI
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model().save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "wiki.txt", 1200)
 
 
 def alloc_args(model_dir, text, out, **extra):

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests._tiny_llm import WORDS, tiny_model, tiny_tokenizer
+from tests._tiny_llm import (
+    WORDS,
+    tiny_model,
+)
 from wfviz.cli import main
 from wfviz.collect import (
     check_inputs,
@@ -15,14 +18,6 @@ from wfviz.collect import (
     token_windows,
 )
 from wfviz.errors import WfvizError
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model().save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

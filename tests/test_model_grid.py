@@ -5,7 +5,13 @@ import json
 import pytest
 import torch
 
-from tests._tiny_llm import one_torch_thread, tiny_model, tiny_tokenizer, transformers, write_text  # noqa: F401
+from tests._tiny_llm import (  # noqa: F401
+    one_torch_thread,
+    tiny_model,
+    tiny_tokenizer,
+    transformers,
+    write_text,
+)
 from wfviz.cli import main
 from wfviz.errors import WfvizError
 from wfviz.model_eval import evaluate_model
@@ -13,19 +19,6 @@ from wfviz.model_grid import CSV_COLUMNS, ModelGridConfig, run_model_grid
 from wfviz.model_quant import model_linears
 from wfviz.model_text import load_texts
 from wfviz.quantizers.base import Cancelled
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model().save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "wiki.txt", 1200)
 
 
 @pytest.fixture

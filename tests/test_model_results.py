@@ -33,16 +33,6 @@ from wfviz.plots.model import layer_heatmap_figure, model_curve_figure, model_la
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return write_text(tmp_path_factory.mktemp("text") / "wiki.txt", 1200)
-
-
-@pytest.fixture(scope="module")
 def grid(model_dir, text, tmp_path_factory):
     return write_tiny_grid(tmp_path_factory.mktemp("grid"), model_dir, text)
 
