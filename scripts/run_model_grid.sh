@@ -16,6 +16,6 @@ COMMON=(--model "$GGUF_DIR" --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --text "
 W=(.venv/bin/wfviz quantize-model "${COMMON[@]}")
 "${W[@]}" --methods gptq --rotations identity,hadamard --rates 4,3,2
 "${W[@]}" --methods watersic,gptq-ec --rotations hadamard,identity --rates 3,4,2,2.5,3.5
-"${W[@]}" --methods rtn --rotations identity,hadamard --rates 4,3,2
 "${W[@]}" --methods gptq,watersic --rotations identity --rates 3 --calibration sequential
-"${W[@]}" --methods gptq --rotations identity,hadamard --rates 4,3 --group-size 128
+"${W[@]}" --methods gptq --rotations identity,hadamard --rates 4 --group-size 128
+"${W[@]}" --methods rtn --rotations identity,hadamard --rates 4,3
