@@ -1,5 +1,4 @@
-"""The ``wfviz`` command line: stats, curve, collect, bundles, report, quantize-model, allocate,
-app.
+"""The ``wfviz`` command line: layer statistics, sweeps, whole models, bit plans, the app.
 
 Every bad input ends with one line ``wfviz: error: <sentence>`` on stderr and exit code 2.
 """
@@ -20,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="wfviz", description=__doc__.splitlines()[0])
+    p = _Parser(prog="wfviz", description="How bits should be allocated when LLM weights are "
+                "quantized: layer statistics, sweeps, whole models, bit plans, the app.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("stats", help="summary statistics and predicted gaps of one Σ_X")

@@ -1,0 +1,168 @@
+"""Cross-layer bit allocation measured on perplexity: SmolLM2-135M, the whole-model protocol.
+
+Usage::
+
+    .venv/bin/python benchmarks/alloc_compare.py --budgets 2.5,3 [--method watersic]
+        [--rotation hadamard] [--fisher-tokens 8192] [--cache-dir runs/cache]
+        [--out runs/alloc-grid] [--text ../shared/data/wikitext-2-raw/wiki.test.raw]
+
+Same model, text spans, window length and Σ_X cache as ``scripts/run_model_grid.sh`` (the
+calibration span is tokens 0–32768, evaluation 32768–49152), so the uniform points of the
+shipped grid are the baseline. For every budget it builds, from the high-rate cost model of
+each layer's real weights and Σ_X:
+
+- ``waterfill-none``: reverse waterfilling across layers with ``s_l = 1`` (pure layer MSE);
+- ``waterfill-fisher``: the same with Fisher sensitivities (the first ``--fisher-tokens``
+  calibration tokens);
+- ``heuristic``: +1 bit for v_proj and down_proj in the first and last eighth of the blocks and
+  every third block, the rest lowered to keep the budget;
+
+writes each plan to ``OUT/plans/`` and runs it through ``wfviz.run_model_grid`` (results in
+``OUT``), and runs the greedy controller (remaining bits ÷ remaining weights, in processing
+order) through ``quantize_model`` directly (``OUT/greedy-<budget>.json``). It then prints one
+row per point with the measured rate, perplexity, KL and ΔNLL against the reference, the
+predicted ΔNLL of the plan (Fisher units: nats per token), and the uniform point of the
+shipped grid at the same budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
+CALIB, EVAL, SEQ = 32768, 16384, 2048
+
+
+def _plans(costs, fisher, budget, method, model_id, fingerprint):
+    from wfviz.allocation import allocate, heuristic_plan
+
+    common = dict(method=method, model=model_id, model_fingerprint=fingerprint)
+    return {
+        "waterfill-none": allocate(costs, budget, min_rate=1.0, max_rate=8.0,
+                                   sensitivity_name="none", **common),
+        "waterfill-fisher": allocate(costs, budget, sensitivity=fisher, min_rate=1.0,
+                                     max_rate=8.0, sensitivity_name="fisher", **common),
+        "heuristic": heuristic_plan(costs, budget, sensitivity=fisher,
+                                    sensitivity_name="fisher", **common),
+    }
+
+
+def _greedy(model, texts, sigmas, store, budget, method, rotation, out: Path) -> dict:
+    from wfviz.allocation import GreedyRates
+    from wfviz.model_cache import atomic_write_text
+    from wfviz.model_eval import evaluate_model
+    from wfviz.model_quant import model_linears, restore_linears, snapshot_linears
+
+    path = out / f"greedy-{budget:g}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    weights = {la.name: la.weights for la in model_linears(model)}
+    snap = snapshot_linears(model)
+    try:
+        t0 = time.perf_counter()
+        res = __import__("wfviz").quantize_model(
+            model, texts.calibration, method=method, rotation=rotation, sigmas=sigmas,
+            plan=GreedyRates(weights, budget))
+        ev = evaluate_model(model, texts.evaluation, reference=store)
+    finally:
+        restore_linears(model, snap)
+    doc = {"id": f"greedy-{budget:g}", "budget": budget, "method": method, "rotation": rotation,
+           "rate": res.rate, "rate_metric": res.layers[0].rate_metric, "nll": ev.nll,
+           "ppl": ev.ppl, "kl": ev.kl, "eval_tokens": ev.tokens,
+           "time_s": time.perf_counter() - t0, "layers": res.to_rows()}
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", default="2.5,3")
+    ap.add_argument("--method", default="watersic")
+    ap.add_argument("--rotation", default="hadamard")
+    ap.add_argument("--fisher-tokens", type=int, default=8192)
+    ap.add_argument("--cache-dir", default=str(ROOT / "runs" / "cache"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "alloc-grid"))
+    ap.add_argument("--grid", default=None, help="results of the uniform grid (default: shipped)")
+    ap.add_argument("--text", default=str(TEXT))
+    args = ap.parse_args()
+    from wfviz.allocation import layer_costs
+    from wfviz.collect import load_model
+    from wfviz.model_cache import atomic_write_text, cache_key, cache_root, model_fingerprint
+    from wfviz.model_eval import reference_store
+    from wfviz.model_grid import ModelGridConfig, run_model_grid
+    from wfviz.model_quant import one_shot_sigmas, sigma_cache_file
+    from wfviz.model_results import load_results, shipped_results
+    from wfviz.model_text import load_texts
+    from wfviz.sensitivity import fisher_sensitivity
+    from wfviz.weights import GGUF_FILE, gguf_path
+
+    out = Path(args.out)
+    (out / "plans").mkdir(parents=True, exist_ok=True)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    model_dir = str(gguf_path().parent)
+    model, tok, info = load_model(model_dir, gguf_file=GGUF_FILE)
+    texts = load_texts(tok, text=args.text, calib_tokens=CALIB, eval_tokens=EVAL, seq_len=SEQ)
+    sigmas = one_shot_sigmas(model, texts.calibration, cache_file=sigma_cache_file(
+        args.cache_dir, info, texts.spans, "float32"))
+    fisher_file = out / "fisher.json"
+    if fisher_file.is_file():
+        fisher = json.loads(fisher_file.read_text())["sensitivity"]
+    else:
+        t0 = time.perf_counter()
+        windows = texts.calibration[: max(1, args.fisher_tokens // SEQ)]
+        fisher = fisher_sensitivity(model, windows)
+        atomic_write_text(fisher_file, json.dumps({
+            "tokens": len(windows) * SEQ, "span": "calibration tokens 0–"
+            f"{len(windows) * SEQ}", "seconds": time.perf_counter() - t0,
+            "sensitivity": fisher}, indent=1) + "\n")
+    costs = layer_costs(model, sigmas, method=args.method, rotation=args.rotation)
+    base = dict(model=model_dir, gguf_file=GGUF_FILE, text=args.text, calib_tokens=CALIB,
+                eval_tokens=EVAL, seq_len=SEQ, methods=(args.method,),
+                rotations=(args.rotation,), cache_dir=args.cache_dir, out=str(out), resume=True)
+    predicted = {}
+    for b in budgets:
+        for name, plan in _plans(costs, fisher, b, args.method, info.get("label"),
+                                 model_fingerprint(info)).items():
+            path = out / "plans" / f"{name}-{b:g}.json"
+            atomic_write_text(path, plan.to_json() + "\n")
+            predicted[(name, b)] = plan
+            run_model_grid(ModelGridConfig(plan=str(path), **base))
+    store_dir = cache_root(args.cache_dir) / "logprobs" / cache_key({
+        "kind": "reference log-probs", "model": model_fingerprint(info),
+        "span": texts.spans.evaluation.to_dict(), "seq_len": SEQ, "dtype": "float32"})
+    store, ref = reference_store(model, texts.evaluation, store_dir)  # cached by the grid
+    greedy = {b: _greedy(model, texts, sigmas, store, b, args.method, args.rotation, out)
+              for b in budgets}
+    _report(load_results(out), greedy, predicted, ref,
+            load_results(args.grid) if args.grid else shipped_results(), args)
+
+
+def _report(results, greedy, predicted, ref, grid, args) -> None:
+    print(f"{args.method} · {args.rotation}; reference NLL {ref.nll:.4f} (ppl {ref.ppl:.3f}); "
+          "ΔNLL in nats per token")
+    print(f"{'budget':>6} {'plan':<18}{'rate':>7}{'ppl':>9}{'KL':>8}{'ΔNLL':>9}{'pred':>9}")
+    by_label = {r["plan"]: r for r in results.points if r.get("plan")}
+    for (name, b), plan in predicted.items():
+        uni = next((p for p in (grid.points if grid else []) if p["method"] == args.method
+                    and p["rotation"] == args.rotation and p["calibration"] == "one-shot"
+                    and p.get("target_rate") == b), None)
+        if name == "waterfill-none" and uni:
+            print(f"{b:>6g} {'uniform (grid)':<18}{uni['rate']:>7.3f}{uni['ppl']:>9.3f}"
+                  f"{uni['kl']:>8.4f}{uni['nll'] - ref.nll:>9.4f}{plan.uniform_dnll:>9.4f}")
+        row = by_label.get(f"{name}-{b:g}.json")
+        if row:
+            pred = plan.predicted_dnll if name != "waterfill-none" else float("nan")
+            print(f"{b:>6g} {name:<18}{row['rate']:>7.3f}{row['ppl']:>9.3f}{row['kl']:>8.4f}"
+                  f"{row['nll'] - ref.nll:>9.4f}{pred:>9.4f}")
+        if name == "heuristic":
+            g = greedy[b]
+            print(f"{b:>6g} {'greedy':<18}{g['rate']:>7.3f}{g['ppl']:>9.3f}{g['kl']:>8.4f}"
+                  f"{g['nll'] - ref.nll:>9.4f}{'':>9}")
+
+
+if __name__ == "__main__":
+    main()
