@@ -70,9 +70,9 @@ def _widgets(costs) -> tuple:
     rotation = c2.selectbox("Rotation", [r for r in ("identity", "hadamard")
                                          if r in costs.rotations],
                             key="a_rotation", format_func=ROTATION_NAMES.get)
-    sensitivity = c3.selectbox("Sensitivity s_l", [s for s in ("none", "fisher", "noise")
-                                                   if s in costs.sensitivities],
-                               key="a_sens",
+    options = [s for s in ("none", "fisher", "noise") if s in costs.sensitivities]
+    sensitivity = c3.selectbox("Sensitivity s_l", options, key="a_sens",
+                               index=options.index("fisher") if "fisher" in options else 0,
                                format_func=lambda s: {"none": "none (s = 1, layer MSE)"}.get(s, s))
     measured = [c for c in costs.curves if c == (method, rotation)]
     cost = c4.selectbox("Cost D_l(R)", ["high-rate"] + (["measured"] if measured else []),
@@ -82,13 +82,15 @@ def _widgets(costs) -> tuple:
 
 
 def _metrics(plan, uniform, heuristic) -> None:
+    # with s = 1 the loss model's sum is the layers' summed output MSE, not nats
+    what = "ΔNLL" if plan.sensitivity != "none" else "Σ m·D (s = 1)"
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Water level θ (s·D)", f"{plan.theta:.3g}")
-    c2.metric("Predicted ΔNLL, waterfilled", f"{plan.predicted_dnll:.4f}",
-              f"{plan.predicted_dnll - uniform.predicted_dnll:+.4f} vs uniform",
+    c2.metric(f"Predicted {what}, waterfilled", f"{plan.predicted_dnll:.4g}",
+              f"{plan.predicted_dnll / uniform.predicted_dnll - 1:+.1%} vs uniform",
               delta_color="inverse")
-    c3.metric("Predicted ΔNLL, uniform", f"{uniform.predicted_dnll:.4f}")
-    c4.metric("Predicted ΔNLL, heuristic", f"{heuristic.predicted_dnll:.4f}")
+    c3.metric(f"Predicted {what}, uniform", f"{uniform.predicted_dnll:.4g}")
+    c4.metric(f"Predicted {what}, heuristic", f"{heuristic.predicted_dnll:.4g}")
 
 
 def _exports(plan) -> None:
@@ -218,8 +220,8 @@ def allocation_section() -> None:
     st.caption(f"Stored inputs: {prov.get('model', 'model')}, calibration tokens "
                f"{_span(prov)}; sensitivity {sensitivity}"
                + (f" from {sens['span']}" if isinstance(sens, dict) and "span" in sens else "")
-               + ". Predicted ΔNLL is nats per token under the loss model; bits are "
-               "the planned entropy per weight.")
+               + ". Predicted ΔNLL is nats per token under the loss model (with s = 1 it is "
+               "the summed layer MSE, no loss unit); bits are the planned entropy per weight.")
     _exports(plan)
     _run_plan(plan, rotation, costs)
 

@@ -426,7 +426,7 @@ def test_model_page_allocation_slider_moves_the_vessel(app_page, app_url, shot_d
     app_page.locator(".st-key-a_vessel .js-plotly-plot").wait_for()
     before = _vessel(app_page)
     metrics = _metrics(app_page)
-    app_page.locator(".st-key-a_budget [role=slider]").focus()
+    app_page.locator(".st-key-a_budget input[type=range]").focus()
     for _ in range(10):
         app_page.keyboard.press("ArrowLeft")  # 3.00 → 2.50 bits per weight
     _wait_changed(app_page, _vessel, before)

@@ -20,6 +20,7 @@ KIND_COLORS = {"q": "#1f77b4", "k": "#aec7e8", "v": "#ff7f0e", "o": "#ffbb78",
                "gate": "#2ca02c", "up": "#98df8a", "down": "#d62728"}
 """One colour per layer kind (attention blues and oranges, MLP greens and red)."""
 _KINDS = tuple(KIND_SHORT.values())
+_LABEL_BG = "rgba(255,255,255,0.85)"  # labels stay legible over the bars they sit on
 
 
 def _block_kind(name: str, layers_by_name: dict) -> tuple[int, str]:
@@ -75,7 +76,7 @@ def layer_vessel_figure(plan: RatePlan, layers) -> go.Figure:
                       line=dict(color=INK, dash="dash", width=2))
         fig.add_annotation(xref="paper", x=1, y=np.log10(theta), yref="y",
                            text=f"θ = {theta:.3g}", showarrow=False, xanchor="right",
-                           yanchor="bottom", font=dict(color=INK))
+                           yanchor="bottom", font=dict(color=INK), bgcolor=_LABEL_BG)
     what = "s·κ" if plan.sensitivity == "none" else f"s·κ (s: {plan.sensitivity})"
     return style_figure(fig, f"Layers as a vessel: {plan.budget:.2f} bits/weight, water below "
                              "θ is distortion, the rest is coded",
@@ -110,7 +111,7 @@ def plan_bars_figure(plan: RatePlan, layers=()) -> go.Figure:
                   line=dict(color=INK, dash="dot", width=2))
     fig.add_annotation(xref="paper", x=1, y=plan.budget, yref="y", showarrow=False,
                        text=f"budget {plan.budget:.2f}", xanchor="right", yanchor="bottom",
-                       font=dict(color=INK))
+                       font=dict(color=INK), bgcolor=_LABEL_BG)
     fig.update_layout(bargap=0.1)
     return style_figure(fig, f"Bits per layer ({plan.plan}), in processing order",
                         "layer (processing order)", "bits per weight", height=400)
