@@ -8,6 +8,7 @@ runs one more point in the background (``wfviz.model_jobs``) when the model is i
 import pandas as pd
 import streamlit as st
 
+from pages._model_allocation import allocation_section
 from pages._ui import ROTATION_NAMES, chart, ensure_frame, show_error
 from wfviz.errors import ResourceError, WfvizError
 from wfviz.model_jobs import (
@@ -220,4 +221,5 @@ else:
     with st.expander("All points as a table"):
         _results_table(results)
     _inside(results)
+allocation_section()
 _run_section()

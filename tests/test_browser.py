@@ -413,3 +413,36 @@ def test_model_page_curves_and_a_points_heatmaps(app_page, app_url, shot_dir):
     app_page.evaluate("document.querySelector('.st-key-m_curve').scrollIntoView({block: 'start'})")
     app_page.wait_for_timeout(500)
     app_page.screenshot(path=str(shot_dir / "model_presenter.png"))
+
+
+def _vessel(page) -> str:
+    return page.locator(".st-key-a_vessel .js-plotly-plot .main-svg").first.inner_html()
+
+
+def test_model_page_allocation_slider_moves_the_vessel(app_page, app_url, shot_dir):
+    _open(app_page, app_url + "/model")
+    section = app_page.locator(".st-key-a_budget")
+    section.scroll_into_view_if_needed()
+    app_page.locator(".st-key-a_vessel .js-plotly-plot").wait_for()
+    before = _vessel(app_page)
+    metrics = _metrics(app_page)
+    app_page.locator(".st-key-a_budget input[type=range]").focus()
+    for _ in range(10):
+        app_page.keyboard.press("ArrowLeft")  # 3.00 → 2.50 bits per weight
+    _wait_changed(app_page, _vessel, before)
+    assert _metrics(app_page) != metrics  # the water level and the predicted ΔNLL moved
+    _assert_no_exception(app_page)
+    app_page.evaluate("document.querySelector('.st-key-a_budget').scrollIntoView("
+                      "{block: 'start'})")
+    app_page.evaluate("document.activeElement && document.activeElement.blur()")
+    app_page.mouse.move(0, 0)
+    app_page.wait_for_timeout(800)
+    app_page.screenshot(path=str(shot_dir / "model_allocation.png"))
+    app_page.set_viewport_size(PRESENTER_VIEWPORT)
+    _presenter_on(app_page)
+    _assert_no_exception(app_page)
+    _assert_presentable(app_page, "model allocation")
+    app_page.evaluate("document.querySelector('.st-key-a_vessel').scrollIntoView("
+                      "{block: 'start'})")
+    app_page.wait_for_timeout(800)
+    app_page.screenshot(path=str(shot_dir / "model_allocation_presenter.png"))

@@ -29,7 +29,8 @@ Whole models
     shipped_results, ModelResults, PointRequest, start_point
 Bit allocation across layers
     allocate, LayerCost, RatePlan, uniform_plan, heuristic_plan, GreedyRates, layer_costs,
-    measured_costs, noise_sensitivity, fisher_sensitivity, to_llama_cpp, to_gptqmodel_dynamic
+    measured_costs, noise_sensitivity, fisher_sensitivity, to_llama_cpp, to_gptqmodel_dynamic,
+    save_costs, load_costs, shipped_costs (stored inputs, for the app)
 Figures (plotly)
     plots: the figure builders of the app
 Words
@@ -51,7 +52,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "allocation": ("GreedyRates", "LayerCost", "RatePlan", "allocate", "heuristic_plan",
-                   "layer_costs", "measured_costs", "uniform_plan"),
+                   "layer_costs", "load_costs", "measured_costs", "save_costs", "shipped_costs",
+                   "uniform_plan"),
     "basis": ("WorkingBasis", "working_basis"),
     "bundles": ("list_bundles", "load_bundle"),
     "covariance": ("Covariance",),

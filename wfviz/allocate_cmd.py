@@ -37,6 +37,13 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--cache-dir", default=None, help="cache of Σ_X (as quantize-model)")
     p.add_argument("--out", required=True, help="file to write the plan to")
+    p.add_argument("--save-costs", default=None, metavar="FILE",
+                   help="also write the allocation inputs (allocation_costs.json: high-rate "
+                        "statistics for identity and hadamard, the sensitivities, measured "
+                        "curves with --cost measured) for the app")
+    p.add_argument("--sensitivity-tokens", type=int, default=None,
+                   help="measure sensitivities on the first N calibration tokens only "
+                        "(default: all; recorded with --save-costs)")
 
 
 def _check_choices(args) -> None:
@@ -79,9 +86,27 @@ def plan_text(plan, fmt: str) -> str:
     return "".join(f"{flag} {value}\n" for flag, value in zip(args[::2], args[1::2], strict=True))
 
 
+def _sensitivity_windows(windows, tokens):
+    """The calibration windows holding the first ``tokens`` tokens (all when None)."""
+    if tokens is None:
+        return windows
+    if tokens < 2:
+        raise WfvizError(f"--sensitivity-tokens must be at least 2, got {tokens}.")
+    out, left = [], tokens
+    for w in windows:
+        if left <= 0:
+            break
+        out.append(w[:left])
+        left -= len(out[-1])
+    return out
+
+
 def run_allocate(args):
     """Every check, then the model, Σ_X, sensitivities, costs and the plan; returns
-    ``(plan, text)`` without writing anything."""
+    ``(plan, text, costs)`` without writing anything; ``costs`` is None, or the arguments of
+    :func:`wfviz.allocation.save_costs` when ``--save-costs`` is given."""
+    import time
+
     from .allocation import allocate, layer_costs, measured_costs
     from .collect import load_model
     from .device import resolve_device
@@ -103,19 +128,68 @@ def run_allocate(args):
     sigmas = one_shot_sigmas(model, texts.calibration,
                              cache_file=sigma_cache_file(args.cache_dir, info, texts.spans, dtype))
     sens = None
+    sens_windows = _sensitivity_windows(texts.calibration, getattr(args, "sensitivity_tokens",
+                                                                   None))
+    started = time.perf_counter()
     if args.sensitivity == "noise":
-        sens = noise_sensitivity(model, texts.calibration, scale=args.noise_scale,
-                                 seed=args.seed)
+        sens = noise_sensitivity(model, sens_windows, scale=args.noise_scale, seed=args.seed)
     elif args.sensitivity == "fisher":
-        sens = fisher_sensitivity(model, texts.calibration)
+        sens = fisher_sensitivity(model, sens_windows)
+    sens_s = time.perf_counter() - started
     common = {"method": args.method, "rotation": args.rotation, "seed": args.seed,
               "sensitivities": sens}
-    costs = measured_costs(model, sigmas, rates=curve_rates, device=args.device, **common) \
+    chosen = measured_costs(model, sigmas, rates=curve_rates, device=args.device, **common) \
         if args.cost == "measured" else layer_costs(model, sigmas, **common)
-    plan = allocate(costs, args.budget, cost=args.cost, method=args.method,
+    plan = allocate(chosen, args.budget, cost=args.cost, method=args.method,
                     min_rate=args.min_rate, max_rate=args.max_rate, model=info.get("label"),
                     model_fingerprint=model_fingerprint(info), sensitivity_name=args.sensitivity)
-    return plan, plan_text(plan, args.format)
+    costs = None
+    if getattr(args, "save_costs", None):
+        rots = {r: layer_costs(model, sigmas, method=args.method, rotation=r, seed=args.seed)
+                for r in ("identity", "hadamard")}
+        tokens = sum(len(w) for w in sens_windows)
+        provenance = {
+            "model": info.get("label"), "model_fingerprint": model_fingerprint(info),
+            "dtype": dtype, "calibration": texts.spans.calibration.to_dict(),
+            "seq_len": texts.spans.seq_len,
+            "sigma": "one-shot Σ_X over the calibration span (as wfviz quantize-model)",
+            "sensitivities": {"none": "s = 1 (pure layer MSE)"} | (
+                {} if sens is None else {args.sensitivity: {
+                    "tokens": tokens, "span": f"the first {tokens} of the "
+                    f"{texts.spans.calibration.tokens} calibration tokens",
+                    "seconds": round(sens_s, 1),
+                    **({"scale": args.noise_scale, "seed": args.seed}
+                       if args.sensitivity == "noise" else {})}}),
+            "curves": {} if args.cost != "measured" else {
+                f"{args.method}/{args.rotation}": {"target_rates": list(curve_rates),
+                                                   "seed": args.seed}},
+            "command": "wfviz allocate " + " ".join(_shown_args(args)),
+            "date": time.strftime("%Y-%m-%d"), "wfviz": _version()}
+        costs = {"layers": rots, "provenance": provenance,
+                 "sensitivities": {} if sens is None else {args.sensitivity: sens},
+                 "curves": {(args.method, args.rotation): chosen}
+                 if args.cost == "measured" else {}}
+    return plan, plan_text(plan, args.format), costs
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _shown_args(args) -> list[str]:
+    """The options as given, paths shortened to their names (provenance, no local paths)."""
+    from pathlib import Path
+
+    out = []
+    for key, value in sorted(vars(args).items()):
+        if value is None or key in ("command", "func", "out", "save_costs"):
+            continue
+        if key in ("model", "text", "cache_dir"):
+            value = Path(str(value)).name
+        out.append(f"--{key.replace('_', '-')} {value}")
+    return out
 
 
 def summary_text(plan) -> str:

@@ -625,3 +625,227 @@ def measured_costs(model, sigmas, *, method: str = "watersic", rotation: str = "
         if progress is not None:
             progress((i + 1) / len(linears), f"cost curve {la.name}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored inputs: what the app needs to allocate without the model installed
+
+COSTS_FILE = "allocation_costs.json"
+"""File name of a bundle's stored allocation inputs (beside its ``manifest.json``)."""
+COSTS_FORMAT = "wfviz allocation costs"
+COSTS_VERSION = 1
+READABLE_COSTS_VERSIONS = (1,)
+
+
+@dataclass(frozen=True, eq=False)
+class StoredCosts:
+    """Allocation inputs read from a costs file (:func:`load_costs`).
+
+    Attributes
+    ----------
+    provenance : dict
+        Model label and fingerprint, calibration span, how sensitivities and curves were made.
+    rows : list of dict
+        One per linear layer, in processing order: ``name``, ``block``, ``kind``, ``weights``,
+        ``sigma_w2``, ``log2_gm_d`` and ``log2_am_d`` (rotation → value), ``sensitivities``
+        (name → ``s_l``) and ``curves`` (``"method/rotation"`` → ``{"rates", "distortions"}``).
+
+    Examples
+    --------
+    >>> c = StoredCosts({}, [dict(name="a", block=0, kind="q", weights=4, sigma_w2=1.0,
+    ...     log2_gm_d={"identity": 0.0}, log2_am_d={"identity": 1.0},
+    ...     sensitivities={"none": 1.0, "fisher": 0.5}, curves={})])
+    >>> c.rotations, c.sensitivities, c.layer_costs("identity", "fisher")[0].sensitivity
+    (('identity',), ('none', 'fisher'), 0.5)
+    """
+
+    provenance: dict
+    rows: list
+
+    @property
+    def rotations(self) -> tuple:
+        """Rotations whose high-rate statistics are stored."""
+        return tuple(self.rows[0]["log2_gm_d"]) if self.rows else ()
+
+    @property
+    def sensitivities(self) -> tuple:
+        """Names of the stored sensitivities (always ``none`` first)."""
+        return tuple(self.rows[0]["sensitivities"]) if self.rows else ()
+
+    @property
+    def curves(self) -> tuple:
+        """``(method, rotation)`` pairs with measured cost curves."""
+        keys = self.rows[0]["curves"] if self.rows else {}
+        return tuple(tuple(k.split("/", 1)) for k in keys)
+
+    def layer_costs(self, rotation: str = "identity", sensitivity: str = "none",
+                    curve: tuple | None = None) -> list[LayerCost]:
+        """The :class:`LayerCost` list for one rotation and one stored sensitivity, with the
+        measured curve of ``curve = (method, rotation)`` when given.
+
+        Raises
+        ------
+        WfvizError
+            A rotation, sensitivity or curve that is not stored.
+        """
+        for value, known, what in ((rotation, self.rotations, "rotation"),
+                                   (sensitivity, self.sensitivities, "sensitivity")):
+            if value not in known:
+                raise WfvizError(f"The stored costs have no {what} {value!r}; they have "
+                                 f"{', '.join(known) or 'none'}.")
+        key = None if curve is None else "/".join(curve)
+        if curve is not None and tuple(curve) not in self.curves:
+            raise WfvizError(f"The stored costs have no measured curve for {key}; make one "
+                             "with wfviz allocate --cost measured --save-costs.")
+        out = []
+        for r in self.rows:
+            c = r["curves"][key] if key else {"rates": (), "distortions": ()}
+            out.append(LayerCost(r["name"], r["block"], r["kind"], r["weights"], r["sigma_w2"],
+                                 r["log2_gm_d"][rotation], r["log2_am_d"][rotation],
+                                 r["sensitivities"][sensitivity], tuple(c["rates"]),
+                                 tuple(c["distortions"])))
+        return out
+
+
+def save_costs(path, layers, *, provenance: dict, sensitivities: Mapping | None = None,
+               curves: Mapping | None = None):
+    """Write the allocation inputs of a model as JSON (atomically).
+
+    Parameters
+    ----------
+    path : str or Path
+    layers : mapping
+        Rotation → list of :class:`LayerCost` (:func:`layer_costs`), the same layers in the
+        same order for every rotation; their ``sensitivity`` is not stored (see below).
+    provenance : dict
+        Model label and fingerprint, calibration span, anything else to record.
+    sensitivities : mapping, optional
+        Name (``fisher``, ``noise``) → {layer name → ``s_l``}; ``none`` (all 1) is always added.
+    curves : mapping, optional
+        ``(method, rotation)`` → list of :class:`LayerCost` with measured curves
+        (:func:`measured_costs`).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    WfvizError
+        No layers; rotations whose layers differ; sensitivities or curves for other layers;
+        NaN or negative sensitivities.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> ls = [LayerCost("a", 0, "q", 4, 1.0, 0.0, 1.0)]
+    >>> p = save_costs(pathlib.Path(tempfile.mkdtemp()) / COSTS_FILE, {"identity": ls},
+    ...                provenance={"model": "toy"}, sensitivities={"fisher": {"a": 0.5}})
+    >>> load_costs(p).layer_costs("identity", "fisher")[0].sensitivity
+    0.5
+    """
+    from .model_cache import atomic_write_text
+
+    if not isinstance(layers, Mapping) or not layers:
+        raise WfvizError("Give the layers as a mapping of rotation to a list of LayerCost.")
+    lists = {rot: _check_layers(ls) for rot, ls in layers.items()}
+    names = [la.name for la in next(iter(lists.values()))]
+    for rot, ls in lists.items():
+        if [la.name for la in ls] != names:
+            raise WfvizError(f"The layers of rotation {rot!r} are not those of the other "
+                             "rotations; compute every rotation's costs from the same model.")
+    stubs = [_stub(n) for n in names]
+    sens = {"none": dict.fromkeys(names, 1.0)}
+    for sname, values in (sensitivities or {}).items():
+        s, _ = _sensitivities(stubs, values)
+        sens[sname] = dict(zip(names, map(float, s), strict=True))
+    curve_docs = {}
+    for (method, rot), ls in (curves or {}).items():
+        ls = list(ls)
+        if [la.name for la in ls] != names:
+            raise WfvizError(f"The measured curves of {method}/{rot} are for other layers.")
+        curve_docs[f"{_method(method)}/{rot}"] = {
+            la.name: {"rates": list(la.curve_rates), "distortions": list(la.curve_distortions)}
+            for la in ls}
+    first = next(iter(lists.values()))
+    rows = []
+    for i, la in enumerate(first):
+        rows.append({"name": la.name, "block": la.block, "kind": la.kind, "weights": la.weights,
+                     "sigma_w2": la.sigma_w2,
+                     "log2_gm_d": {rot: ls[i].log2_gm_d for rot, ls in lists.items()},
+                     "log2_am_d": {rot: ls[i].log2_am_d for rot, ls in lists.items()},
+                     "sensitivities": {k: v[la.name] for k, v in sens.items()},
+                     "curves": {k: v[la.name] for k, v in curve_docs.items()}})
+    doc = {"format": COSTS_FORMAT, "format_version": COSTS_VERSION,
+           "units": {"weights": "a·n", "sigma_w2": "mean square weight",
+                     "log2_gm_d": "log2 geometric mean of the Cholesky diagonal of Σ_X",
+                     "log2_am_d": "log2 arithmetic mean of it, GPTQ's column order",
+                     "sensitivities": "nats per token per unit of output-error energy per token",
+                     "curves": "bits per weight → distortion per weight tr(EΣEᵀ)/(a·n)"},
+           "provenance": provenance, "layers": rows}
+    try:
+        text = json.dumps(doc, indent=1, allow_nan=False)
+    except ValueError as exc:
+        raise WfvizError("The costs hold NaN or infinite values; check the model's Σ_X and "
+                         "the measured curves.") from exc
+    return atomic_write_text(path, text + "\n")
+
+
+def load_costs(path) -> StoredCosts:
+    """Read a costs file written by :func:`save_costs`.
+
+    Raises
+    ------
+    WfvizError
+        A missing or unreadable file, another format, an unknown version, missing fields.
+
+    Examples
+    --------
+    >>> load_costs("/no/such/allocation_costs.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    wfviz.errors.WfvizError: /no/such/allocation_costs.json does not exist; ...
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise WfvizError(f"{path} does not exist; write it with wfviz allocate --save-costs."
+                         ) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WfvizError(f"Cannot read {path} ({type(exc).__name__}); it is not a wfviz costs "
+                         "file.") from exc
+    if not isinstance(doc, dict) or doc.get("format") != COSTS_FORMAT:
+        raise WfvizError(f"{path} is not a wfviz allocation costs file.")
+    version = doc.get("format_version")
+    if version not in READABLE_COSTS_VERSIONS:
+        raise WfvizError(f"{path} has costs format version {version!r}; this wfviz reads "
+                         f"{', '.join(map(str, READABLE_COSTS_VERSIONS))}, so upgrade wfviz or "
+                         "rewrite the file with wfviz allocate --save-costs.")
+    rows = doc.get("layers")
+    need = ("name", "block", "kind", "weights", "sigma_w2", "log2_gm_d", "log2_am_d",
+            "sensitivities")
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and all(k in r for k in need) for r in rows):
+        raise WfvizError(f"{path} has no usable layer table (each layer needs "
+                         f"{', '.join(need)}); rewrite it with wfviz allocate --save-costs.")
+    rows = [{**r, "curves": r.get("curves") or {}} for r in rows]
+    return StoredCosts(provenance=doc.get("provenance") or {}, rows=rows)
+
+
+def shipped_costs() -> StoredCosts | None:
+    """The first installed bundle's stored costs (``<bundle>/allocation_costs.json``), or None.
+
+    Examples
+    --------
+    >>> c = shipped_costs()
+    >>> c is None or "none" in c.sensitivities
+    True
+    """
+    from .bundles import list_bundles
+
+    for bundle in list_bundles():
+        if (bundle.path / COSTS_FILE).is_file():
+            return load_costs(bundle.path / COSTS_FILE)
+    return None

