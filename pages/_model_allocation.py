@@ -8,10 +8,9 @@ caching and layout only; the plans, figures and exports come from wfviz.
 import pandas as pd
 import streamlit as st
 
-from pages._ui import ROTATION_NAMES, chart, show_error
-from wfviz.errors import ResourceError, WfvizError
+from pages._ui import ROTATION_NAMES, chart, follow_job, show_error
+from wfviz.errors import WfvizError
 
-POLL_S = 0.5
 MIN_RATE, MAX_RATE = 1.0, 8.0  # as wfviz allocate: every quantizer can run 1 to 8 bits
 NO_COSTS = ("No stored allocation inputs are installed (`allocation_costs.json` beside the "
             "bundle). Make them with `wfviz allocate --model … --text wiki.test.raw "
@@ -107,25 +106,6 @@ def _exports(plan) -> None:
                             key=f"a_dl_{fmt}", on_click="ignore", icon=":material/download:")
 
 
-def _follow(request, run) -> None:
-    box = st.status(f"Running the plan ({request.point_id})…", expanded=True)
-    bar = box.progress(0.0, text="starting")
-    box.button("Cancel", key="a_cancel", on_click=run.cancel)
-    while not run.wait(POLL_S):
-        s = run.status()
-        bar.progress(s.fraction, text=f"{s.fraction:.0%} · {s.elapsed_s:.0f} s · {s.message}")
-    s = run.status()
-    if s.cancelled:
-        box.update(label="Cancelled; nothing was written for this plan", state="error")
-    elif s.error is not None:
-        box.update(label="Stopped", state="error")
-        if not isinstance(s.error, (WfvizError, ResourceError, MemoryError)):
-            raise s.error
-        show_error(s.error)
-    else:
-        box.update(label=f"Done in {s.elapsed_s:.0f} s", state="complete", expanded=False)
-
-
 def _run_plan(plan, rotation: str, costs) -> None:
     import wfviz.model_jobs as jobs
 
@@ -164,7 +144,7 @@ def _run_plan(plan, rotation: str, costs) -> None:
                 show_error(exc)
                 return
     if run is not None:
-        _follow(request, run)
+        follow_job(run, label=f"the plan ({request.point_id})", cancel_key="a_cancel")
         done = jobs.finished_point(request)
     if done is not None:
         row, ref = done.point(request.point_id), done.reference or {}

@@ -614,3 +614,31 @@ def requires_full_matrix(cov: Covariance, feature: str) -> bool:
             " Pick a bundled block marked 'full Σ_X', a synthetic source, or upload an n × n "
             "matrix.", icon=":material/info:")
     return False
+
+
+def follow_job(run, *, label: str, cancel_key: str, poll_s: float = 0.5) -> None:
+    """Draw a background whole-model job's progress (with an ETA) until it ends, with Cancel;
+    then its outcome in the same status box. Errors of the input or of resources show as one
+    sentence."""
+    from wfviz.errors import ResourceError
+
+    box = st.status(f"Running {label}…", expanded=True)
+    bar = box.progress(0.0, text="starting")
+    box.button("Cancel", key=cancel_key, on_click=run.cancel)
+    while not run.wait(poll_s):
+        s = run.status()
+        if s.queue is not None:
+            bar.progress(0.0, text=f"queued: {s.queue.ahead} run(s) ahead")
+            continue
+        eta = f" · about {s.eta_s:.0f} s left" if s.eta_s is not None else ""
+        bar.progress(s.fraction, text=f"{s.fraction:.0%} · {s.elapsed_s:.0f} s{eta} · {s.message}")
+    s = run.status()
+    if s.cancelled:
+        box.update(label=f"Cancelled; nothing was written for {label}", state="error")
+    elif s.error is not None:
+        box.update(label="Stopped", state="error")
+        if not isinstance(s.error, (WfvizError, ResourceError, MemoryError)):
+            raise s.error
+        show_error(s.error)
+    else:
+        box.update(label=f"Done in {s.elapsed_s:.0f} s", state="complete", expanded=False)

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._model_allocation import allocation_section
-from pages._ui import ROTATION_NAMES, chart, ensure_frame, show_error
-from wfviz.errors import ResourceError, WfvizError
+from pages._ui import ROTATION_NAMES, chart, ensure_frame, follow_job, show_error
+from wfviz.errors import WfvizError
 from wfviz.model_jobs import (
     DEFAULT_TEXT,
     PointRequest,
@@ -24,7 +24,6 @@ from wfviz.model_results import kind_summary, shipped_results
 from wfviz.plots.model import LAYER_VALUES, layer_heatmap_figure, model_curve_figure, model_label
 from wfviz.rates import metric_name
 
-POLL_S = 0.5
 RUN_KEY = "model_request"
 METHODS = ("watersic", "gptq-ec", "gptq", "rtn")
 WHOLE_BITS = ("gptq", "rtn")
@@ -133,30 +132,6 @@ def _request_form() -> PointRequest:
                         text=text.strip() or None)
 
 
-def _follow(request: PointRequest, run) -> None:
-    box = st.status(f"Running {request.point_id}…", expanded=True)
-    bar = box.progress(0.0, text="starting")
-    box.button("Cancel", key="m_cancel", on_click=run.cancel)
-    while not run.wait(POLL_S):
-        s = run.status()
-        if s.queue is not None:
-            bar.progress(0.0, text=f"queued: {s.queue.ahead} run(s) ahead")
-            continue
-        eta = f" · about {s.eta_s:.0f} s left" if s.eta_s is not None else ""
-        bar.progress(s.fraction, text=f"{s.fraction:.0%} · {s.elapsed_s:.0f} s{eta} · {s.message}")
-    s = run.status()
-    if s.cancelled:
-        box.update(label="Cancelled; nothing was written for this point", state="error")
-    elif s.error is not None:
-        box.update(label="Stopped", state="error")
-        if isinstance(s.error, (WfvizError, ResourceError, MemoryError)):
-            show_error(s.error)
-        else:
-            raise s.error
-    else:
-        box.update(label=f"Done in {s.elapsed_s:.0f} s", state="complete", expanded=False)
-
-
 def _show_finished(request: PointRequest, results) -> None:
     row = results.point(request.point_id)
     ref = results.reference or {}
@@ -200,7 +175,7 @@ def _run_section() -> None:
                 show_error(exc)
                 return
     if run is not None:
-        _follow(request, run)
+        follow_job(run, label=request.point_id, cancel_key="m_cancel")
         done = finished_point(request)
     if done is not None:
         _show_finished(request, done)
