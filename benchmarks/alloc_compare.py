@@ -12,8 +12,9 @@ shipped grid are the baseline. For every budget it builds, from the high-rate co
 each layer's real weights and Σ_X:
 
 - ``waterfill-none``: reverse waterfilling across layers with ``s_l = 1`` (pure layer MSE);
-- ``waterfill-fisher``: the same with Fisher sensitivities (the first ``--fisher-tokens``
-  calibration tokens);
+- ``waterfill-fisher``: the same with Fisher sensitivities (those stored in the bundle's
+  ``allocation_costs.json``, else measured here on the first ``--fisher-tokens`` calibration
+  tokens);
 - ``heuristic``: +1 bit for v_proj and down_proj in the first and last eighth of the blocks and
   every third block, the rest lowered to keep the budget;
 
@@ -37,17 +38,17 @@ TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 CALIB, EVAL, SEQ = 32768, 16384, 2048
 
 
-def _plans(costs, fisher, budget, method, model_id, fingerprint):
+def _plans(plain, fisher, budget, method, model_id, fingerprint):
+    """``plain``: LayerCosts with s = 1; ``fisher``: the same with Fisher sensitivities."""
     from wfviz.allocation import allocate, heuristic_plan
 
     common = dict(method=method, model=model_id, model_fingerprint=fingerprint)
     return {
-        "waterfill-none": allocate(costs, budget, min_rate=1.0, max_rate=8.0,
+        "waterfill-none": allocate(plain, budget, min_rate=1.0, max_rate=8.0,
                                    sensitivity_name="none", **common),
-        "waterfill-fisher": allocate(costs, budget, sensitivity=fisher, min_rate=1.0,
-                                     max_rate=8.0, sensitivity_name="fisher", **common),
-        "heuristic": heuristic_plan(costs, budget, sensitivity=fisher,
-                                    sensitivity_name="fisher", **common),
+        "waterfill-fisher": allocate(fisher, budget, min_rate=1.0, max_rate=8.0,
+                                     sensitivity_name="fisher", **common),
+        "heuristic": heuristic_plan(fisher, budget, sensitivity_name="fisher", **common),
     }
 
 
@@ -88,8 +89,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "alloc-grid"))
     ap.add_argument("--grid", default=None, help="results of the uniform grid (default: shipped)")
     ap.add_argument("--text", default=str(TEXT))
+    ap.add_argument("--plans-only", action="store_true",
+                    help="write the plans and print their predictions; run nothing")
     args = ap.parse_args()
-    from wfviz.allocation import layer_costs
+    from wfviz.allocation import layer_costs, shipped_costs
     from wfviz.collect import load_model
     from wfviz.model_cache import atomic_write_text, cache_key, cache_root, model_fingerprint
     from wfviz.model_eval import reference_store
@@ -108,29 +111,35 @@ def main() -> None:
     texts = load_texts(tok, text=args.text, calib_tokens=CALIB, eval_tokens=EVAL, seq_len=SEQ)
     sigmas = one_shot_sigmas(model, texts.calibration, cache_file=sigma_cache_file(
         args.cache_dir, info, texts.spans, "float32"))
-    fisher_file = out / "fisher.json"
-    if fisher_file.is_file():
-        fisher = json.loads(fisher_file.read_text())["sensitivity"]
+    stored = shipped_costs()
+    if stored is not None and "fisher" in stored.sensitivities:
+        # the bundle's stored inputs: the same Σ_X span, Fisher from its first calibration tokens
+        plain = stored.layer_costs(args.rotation, "none")
+        fisher = stored.layer_costs(args.rotation, "fisher")
     else:
-        t0 = time.perf_counter()
         windows = texts.calibration[: max(1, args.fisher_tokens // SEQ)]
-        fisher = fisher_sensitivity(model, windows)
-        atomic_write_text(fisher_file, json.dumps({
-            "tokens": len(windows) * SEQ, "span": "calibration tokens 0–"
-            f"{len(windows) * SEQ}", "seconds": time.perf_counter() - t0,
-            "sensitivity": fisher}, indent=1) + "\n")
-    costs = layer_costs(model, sigmas, method=args.method, rotation=args.rotation)
+        s = fisher_sensitivity(model, windows)
+        plain = layer_costs(model, sigmas, method=args.method, rotation=args.rotation)
+        fisher = layer_costs(model, sigmas, method=args.method, rotation=args.rotation,
+                             sensitivities=s)
     base = dict(model=model_dir, gguf_file=GGUF_FILE, text=args.text, calib_tokens=CALIB,
                 eval_tokens=EVAL, seq_len=SEQ, methods=(args.method,),
                 rotations=(args.rotation,), cache_dir=args.cache_dir, out=str(out), resume=True)
     predicted = {}
     for b in budgets:
-        for name, plan in _plans(costs, fisher, b, args.method, info.get("label"),
+        for name, plan in _plans(plain, fisher, b, args.method, info.get("label"),
                                  model_fingerprint(info)).items():
             path = out / "plans" / f"{name}-{b:g}.json"
             atomic_write_text(path, plan.to_json() + "\n")
             predicted[(name, b)] = plan
-            run_model_grid(ModelGridConfig(plan=str(path), **base))
+            rates = list(plan.rates.values())
+            print(f"{b:g} {name}: mean {plan.average:.4f}, rates {min(rates):.2f}–"
+                  f"{max(rates):.2f}, predicted ΔNLL {plan.predicted_dnll:.4f} "
+                  f"(uniform {plan.uniform_dnll:.4f})", flush=True)
+            if not args.plans_only:
+                run_model_grid(ModelGridConfig(plan=str(path), **base))
+    if args.plans_only:
+        return
     store_dir = cache_root(args.cache_dir) / "logprobs" / cache_key({
         "kind": "reference log-probs", "model": model_fingerprint(info),
         "span": texts.spans.evaluation.to_dict(), "seq_len": SEQ, "dtype": "float32"})
