@@ -42,22 +42,16 @@ def _plans(budget: float, method: str, rotation: str, sensitivity: str, cost: st
 
 
 def _measured(method: str, rotation: str, budget: float) -> pd.DataFrame | None:
-    """Shipped grid rows at this method and rotation: plan points, and uniform points within
-    0.15 bit of the budget; their measured ΔNLL against the reference model."""
-    from wfviz.model_results import shipped_results
+    """Shipped grid points at this method, rotation and budget (uniform or planned)."""
+    from wfviz.model_results import measured_near, shipped_results
 
     results = shipped_results()
-    ref = (results.reference or {}).get("nll") if results is not None else None
-    if results is None or ref is None:
-        return None
-    rows = [r for r in results.points if r["method"] == method and r["rotation"] == rotation
-            and r.get("nll") is not None
-            and (r.get("plan") or abs(float(r["rate"]) - budget) <= 0.15)]
+    rows = measured_near(results, method, rotation, budget) if results is not None else []
     if not rows:
         return None
-    return pd.DataFrame([{"plan": r.get("plan") or "uniform", "bits/weight": r["rate"],
-                          "measured ΔNLL (nats/token)": r["nll"] - ref,
-                          "perplexity": r["ppl"]} for r in rows])
+    return pd.DataFrame([{"plan": r["plan"], "bits/weight": r["rate"],
+                          "measured ΔNLL (nats/token)": r["dnll"], "perplexity": r["ppl"]}
+                         for r in rows])
 
 
 def _widgets(costs) -> tuple:

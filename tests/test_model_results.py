@@ -27,6 +27,7 @@ from wfviz.model_results import (
     kind_summary,
     layer_matrix,
     load_results,
+    measured_near,
     shipped_results,
 )
 from wfviz.plots.model import layer_heatmap_figure, model_curve_figure, model_label
@@ -177,3 +178,14 @@ def test_results_files_are_json_only(grid):
     # the reader never unpickles: every file it opens is JSON text
     for path in [grid / "results.json", *sorted((grid / "points").iterdir())]:
         json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_measured_near_keeps_the_budget_method_and_rotation(grid):
+    res = load_results(grid)
+    near = measured_near(res, "gptq", "identity", 3.0)
+    assert [m["id"] for m in near] == ["gptq_identity_3b_one-shot"]
+    assert near[0]["dnll"] == pytest.approx(near[0]["ppl"] and
+                                            res.point(near[0]["id"])["nll"]
+                                            - res.reference["nll"])
+    assert measured_near(res, "gptq", "hadamard", 3.0) == []
+    assert measured_near(res, "watersic", "identity", 5.0) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import WfvizError
 
 __all__ = ["ModelResults", "load_results", "shipped_results", "curves", "layer_matrix",
-           "kind_summary",
+           "kind_summary", "measured_near",
            "GRID_DIR", "KINDS"]
 
 GRID_DIR = "model_grid"
@@ -231,3 +231,29 @@ def kind_summary(layers: list[dict]) -> list[dict]:
             relative_distortion=sum(r["relative_distortion"] for r in rows) / len(rows),
             predicted_gap_bits=mean("predicted_gap_bits")))
     return out
+
+
+def measured_near(results: ModelResults, method: str, rotation: str, rate: float, *,
+                  tol: float = 0.15) -> list[dict]:
+    """One-shot points of ``method`` · ``rotation`` measured within ``tol`` bit of ``rate``,
+    uniform or planned, with their ΔNLL against the reference model (nats per token).
+
+    Examples
+    --------
+    >>> r = ModelResults(Path("."), {}, {"nll": 3.0}, [
+    ...     dict(id="a", method="watersic", rotation="hadamard", calibration="one-shot",
+    ...          plan=None, rate=3.01, nll=3.2, ppl=24.5),
+    ...     dict(id="b", method="watersic", rotation="hadamard", calibration="one-shot",
+    ...          plan="waterfill.json", rate=2.5, nll=3.3, ppl=27.1)])
+    >>> [(m["plan"], round(m["dnll"], 3)) for m in measured_near(r, "watersic", "hadamard", 3)]
+    [('uniform', 0.2)]
+    """
+    ref = (results.reference or {}).get("nll")
+    if ref is None:
+        return []
+    return [{"plan": row.get("plan") or "uniform", "rate": row["rate"], "dnll": row["nll"] - ref,
+             "ppl": row["ppl"], "id": row["id"]}
+            for row in results.points
+            if row["method"] == method and row["rotation"] == rotation
+            and row.get("calibration", "one-shot") == "one-shot" and row.get("nll") is not None
+            and abs(float(row["rate"]) - rate) <= tol]
