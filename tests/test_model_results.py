@@ -182,10 +182,11 @@ def test_results_files_are_json_only(grid):
 
 def test_measured_near_keeps_the_budget_method_and_rotation(grid):
     res = load_results(grid)
-    near = measured_near(res, "gptq", "identity", 3.0)
+    # the tiny layers' rows are short, so the scales cost about 0.25 bit per weight
+    assert measured_near(res, "gptq", "identity", 3.0) == []
+    near = measured_near(res, "gptq", "identity", 3.0, tol=0.3)
     assert [m["id"] for m in near] == ["gptq_identity_3b_one-shot"]
-    assert near[0]["dnll"] == pytest.approx(near[0]["ppl"] and
-                                            res.point(near[0]["id"])["nll"]
+    assert near[0]["dnll"] == pytest.approx(res.point(near[0]["id"])["nll"]
                                             - res.reference["nll"])
     assert measured_near(res, "gptq", "hadamard", 3.0) == []
     assert measured_near(res, "watersic", "identity", 5.0) == []
