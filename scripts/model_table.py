@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from wfviz.model_results import load_results, shipped_results
+from wfviz.model_results import group_size, load_results, shipped_results
 from wfviz.plots.model import model_label
 from wfviz.rates import metric_name
 
@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
     rates = sorted({p["target_rate"] for p in results.points if p.get("target_rate")})
     rows: dict[tuple, dict] = {}
     for p in results.points:
-        key = (p["method"], p["rotation"], p["calibration"], metric_name(p["rate_metric"]))
+        group = f" · g{group_size(p)}" if group_size(p) else ""
+        key = (p["method"] + group, p["rotation"], p["calibration"], metric_name(p["rate_metric"]))
         rows.setdefault(key, {})[p["target_rate"]] = p
     print(f"Model: {model_label(results)}; reference perplexity **{ref.get('ppl', 0):.2f}**; "
           f"{results.spans_text()}.\n")
@@ -38,8 +39,8 @@ def main(argv: list[str]) -> int:
         text = []
         for r in rates:
             p = cells.get(r)
-            text.append("" if p is None else
-                        f"{p['ppl']:.2f} / {p['kl']:.3f} ({p['rate']:.3f})")
+            ppl = "" if p is None else (f"{p['ppl']:.2f}" if p["ppl"] < 1e4 else f"{p['ppl']:.2g}")
+            text.append("" if p is None else f"{ppl} / {p['kl']:.3f} ({p['rate']:.3f})")
         print(f"| {method} · {rotation} · {calibration} | {metric} | " + " | ".join(text) + " |")
     return 0
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WfvizError
 
 __all__ = ["ModelResults", "load_results", "shipped_results", "curves", "layer_matrix",
-           "kind_summary", "measured_near",
+           "kind_summary", "measured_near", "group_size",
            "GRID_DIR", "KINDS"]
 
 GRID_DIR = "model_grid"
@@ -137,12 +138,24 @@ def shipped_results() -> ModelResults | None:
     return None
 
 
+def group_size(row: dict) -> int:
+    """The scale-group size of a point (0: one scale per row), read from its id.
+
+    Examples
+    --------
+    >>> [group_size({"id": i}) for i in ("gptq_identity_4b-g128_one-shot", "rtn_identity_4b")]
+    [128, 0]
+    """
+    match = re.search(r"b-g(\d+)_", row.get("id", ""))
+    return int(match.group(1)) if match else 0
+
+
 def curves(results: ModelResults, value: str = "ppl") -> list[dict]:
     """Points grouped into curves: one per (method, rotation, calibration, rate metric).
 
-    Each curve is ``dict(method, rotation, calibration, rate_metric, rate_label, ids, rates,
-    values)``, sorted by measured rate. Points whose ``value`` is missing are left out; a rate
-    metric splits curves, so no curve mixes two ways of counting bits.
+    Each curve is ``dict(method, rotation, calibration, rate_metric, group_size, rate_label,
+    ids, rates, values)``, sorted by measured rate. Points whose ``value`` is missing are left
+    out; a rate metric splits curves, so no curve mixes two ways of counting bits.
 
     Examples
     --------
@@ -161,13 +174,15 @@ def curves(results: ModelResults, value: str = "ppl") -> list[dict]:
         v = row.get(value)
         if v is None or not math.isfinite(float(v)) or row.get("plan"):
             continue
-        key = (row["method"], row["rotation"], row["calibration"], row["rate_metric"])
+        key = (row["method"], row["rotation"], row["calibration"], row["rate_metric"],
+               group_size(row))
         groups.setdefault(key, []).append(row)
     out = []
-    for (method, rotation, calibration, metric), rows in sorted(groups.items()):
+    for (method, rotation, calibration, metric, group), rows in sorted(groups.items()):
         rows.sort(key=lambda r: r["rate"])
         out.append(dict(method=method, rotation=rotation, calibration=calibration,
-                        rate_metric=metric, rate_label=rows[0].get("rate_label", metric),
+                        rate_metric=metric, group_size=group,
+                        rate_label=rows[0].get("rate_label", metric),
                         ids=[r["id"] for r in rows], rates=[r["rate"] for r in rows],
                         values=[r[value] for r in rows]))
     return out

@@ -78,6 +78,7 @@ def model_curve_figure(results: ModelResults, value: str = "ppl", *,
     fig = go.Figure()
     for c in groups:
         name = f"{c['method']} · {c['rotation']}"
+        name += f" · groups of {c['group_size']}" if c["group_size"] else ""
         name += " · sequential" if c["calibration"] == "sequential" else ""
         if len(metrics) > 1:
             name += f" ({metric_name(c['rate_metric'])})"
