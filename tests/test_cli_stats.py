@@ -84,7 +84,8 @@ def test_module_entry_point_subprocess():
 
 def test_help_and_bundles_do_not_import_torch():
     """`wfviz --help` answers fast; a command imports torch only if it uses it."""
-    code = ("import sys, time; t = time.perf_counter()\n"
+    # CPU time, not wall time: the bound must hold on a loaded machine too
+    code = ("import sys, time; t = time.process_time()\n"
             "from wfviz.cli import main\n"
             "for argv in (['--help'], ['bundles']):\n"
             "    try:\n"
@@ -92,8 +93,8 @@ def test_help_and_bundles_do_not_import_torch():
             "    except SystemExit:\n"
             "        pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "print(time.perf_counter() - t)\n")
+            "print(time.process_time() - t)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip().splitlines()[-1]) < 2.0  # about 0.1 s on an idle machine
+    assert float(out.stdout.strip().splitlines()[-1]) < 1.0  # about 0.1 s
