@@ -106,13 +106,13 @@ def _sweep_source(n: int):
 
 def bench_sweep(n: int) -> None:
     cov = _sweep_source(n)
-    sweep(cov, **dict(SWEEP, rates=[3]))  # warm up: imports, thread pools
+    sweep(cov, **dict(SWEEP, rates=[3]))  # warm up: imports, thread pools, the Haar matrix
     start = time.perf_counter()
     rows = sweep(cov, **SWEEP)
     elapsed = time.perf_counter() - start
     per = {}
     for r in rows:
-        per[r["method"]] = per.get(r["method"], 0.0) + r["time_s"]
+        per[r.method] = per.get(r.method, 0.0) + r.time_s
     parts = ", ".join(f"{m} {t:.2f} s" for m, t in per.items())
     print(f"sweep {cov.label}: {len(rows)} points in {elapsed:.2f} s ({parts})")
 
@@ -133,6 +133,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rotations", default=SWEEP["rotations"], help="for --memory")
     p.add_argument("--verb", action="store_true", help="only the end-to-end verb timings")
+    p.add_argument("--sweep", action="store_true", help="only the 36-point sweeps")
     p.add_argument("--child-memory", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,6 +147,11 @@ def main() -> None:
         return
     if args.verb:
         bench_verb(1024 if args.quick else 4096)
+        return
+    if args.sweep:
+        bench_sweep(1536)
+        if not args.quick:
+            bench_sweep(4096)
         return
     bench_verb(1024 if args.quick else 4096)
     bench_methods(1024 if args.quick else 4096)
