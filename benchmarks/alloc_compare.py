@@ -151,26 +151,30 @@ def main() -> None:
 
 
 def _report(results, greedy, predicted, ref, grid, args) -> None:
-    print(f"{args.method} · {args.rotation}; reference NLL {ref.nll:.4f} (ppl {ref.ppl:.3f}); "
-          "ΔNLL in nats per token")
-    print(f"{'budget':>6} {'plan':<18}{'rate':>7}{'ppl':>9}{'KL':>8}{'ΔNLL':>9}{'pred':>9}")
+    """A Markdown table: one row per budget and plan; predictions in Fisher units (nats per
+    token), none for s = 1 (its sum is layer MSE, not a loss) and for the greedy controller."""
+    print(f"{args.method} · {args.rotation}; reference NLL {ref.nll:.4f} (perplexity "
+          f"{ref.ppl:.2f}); ΔNLL in nats per token\n")
+    print("| budget | plan | bits/weight | perplexity | KL | measured ΔNLL | predicted ΔNLL |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     by_label = {r["plan"]: r for r in results.points if r.get("plan")}
-    for (name, b), plan in predicted.items():
+    budgets = sorted({b for _, b in predicted})
+    for b in budgets:
+        fisher = predicted[("waterfill-fisher", b)]
         uni = next((p for p in (grid.points if grid else []) if p["method"] == args.method
                     and p["rotation"] == args.rotation and p["calibration"] == "one-shot"
-                    and p.get("target_rate") == b), None)
-        if name == "waterfill-none" and uni:
-            print(f"{b:>6g} {'uniform (grid)':<18}{uni['rate']:>7.3f}{uni['ppl']:>9.3f}"
-                  f"{uni['kl']:>8.4f}{uni['nll'] - ref.nll:>9.4f}{plan.uniform_dnll:>9.4f}")
-        row = by_label.get(f"{name}-{b:g}.json")
-        if row:
-            pred = plan.predicted_dnll if name != "waterfill-none" else float("nan")
-            print(f"{b:>6g} {name:<18}{row['rate']:>7.3f}{row['ppl']:>9.3f}{row['kl']:>8.4f}"
-                  f"{row['nll'] - ref.nll:>9.4f}{pred:>9.4f}")
-        if name == "heuristic":
-            g = greedy[b]
-            print(f"{b:>6g} {'greedy':<18}{g['rate']:>7.3f}{g['ppl']:>9.3f}{g['kl']:>8.4f}"
-                  f"{g['nll'] - ref.nll:>9.4f}{'':>9}")
+                    and not p.get("plan") and p.get("target_rate") == b), None)
+        rows = [("uniform (the grid's point)", uni, fisher.uniform_dnll)]
+        rows += [(name, by_label.get(f"{name}-{b:g}.json"),
+                  predicted[(name, b)].predicted_dnll if name != "waterfill-none" else None)
+                 for name in ("waterfill-none", "waterfill-fisher", "heuristic")]
+        rows += [("greedy controller", greedy.get(b), None)]
+        for name, row, pred in rows:
+            if row is None:
+                continue
+            p = "—" if pred is None else f"{pred:.3f}"
+            print(f"| {b:g} | {name} | {row['rate']:.3f} | {row['ppl']:.2f} | {row['kl']:.3f} | "
+                  f"{row['nll'] - ref.nll:.3f} | {p} |")
 
 
 if __name__ == "__main__":
