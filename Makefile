@@ -30,7 +30,8 @@ test: $(STAMP) chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# The library, CLI and AppTest suites without the real-browser and slow accuracy tests.
+# The library and CLI unit tests and doctests: no real browser, and none of the tests marked slow
+# (AppTest pages, subprocess CLI corpora, whole-model pipelines, real-layer accuracy).
 test-fast: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow and not browser"

@@ -30,6 +30,9 @@ from wfviz.errors import WfvizError
 from wfviz.model_grid import read_plan
 from wfviz.model_quant import model_linears, one_shot_sigmas, quantize_model
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 def random_layers(n=40, seed=0, curve=False):
     rng = np.random.default_rng(seed)

@@ -12,6 +12,9 @@ from _apptest import (  # noqa: F401  (fixtures: no_pages_folder_mode is autouse
     write_toy_bundle,
 )
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def toy_bundle(tmp_path, monkeypatch):

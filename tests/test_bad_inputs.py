@@ -34,6 +34,9 @@ from wfviz.covariance import Covariance
 from wfviz.covariance_io import load_covariance
 from wfviz.errors import WfvizError
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BAD = ROOT / "tests" / "data" / "bad"
 MANIFEST = json.loads((BAD / "MANIFEST.json").read_text())

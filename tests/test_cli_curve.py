@@ -8,6 +8,9 @@ from wfviz.cli import main
 from wfviz.errors import WfvizError
 from wfviz.experiments import COLUMNS
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 SOURCE = "synthetic:powerlaw?n=16&seed=0"
 BASE = ["curve", SOURCE, "--methods", "gptq-ec,gptq", "--rotations", "identity,haar",
         "--rates", "2,3", "--rows", "256"]

@@ -7,6 +7,9 @@ import re
 import pytest
 from _markdown import ROOT, link_problems, link_targets
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 THEORY = ROOT / "docs" / "theory.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -13,6 +13,9 @@ from wfviz import jobs
 from wfviz.errors import ResourceError, WfvizError
 from wfviz.jobs import HeavyGate, HeavyGateTimeout
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 def _wait_until(cond, seconds=10.0):
     deadline = time.monotonic() + seconds

@@ -20,6 +20,9 @@ from wfviz.model_quant import model_linears
 from wfviz.model_text import load_texts
 from wfviz.quantizers.base import Cancelled
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):

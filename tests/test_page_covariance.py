@@ -16,6 +16,9 @@ from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixtur
 from wfviz.sources import resolve_source
 from wfviz.theory import gptq_gap_bits
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/covariance.py"
 
 

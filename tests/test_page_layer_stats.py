@@ -16,6 +16,9 @@ from _apptest import (  # noqa: F401  (fixtures: no_pages_folder_mode is autouse
 from wfviz.bundles import load_bundle
 from wfviz.theory import gptq_gap_bits
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/layer_stats.py"
 
 

@@ -15,6 +15,9 @@ from _apptest import (  # noqa: F401  (no_pages_folder_mode is an autouse fixtur
 from wfviz.bundles import load_bundle
 from wfviz.theory import SPACE_FILLING_LOSS, cholesky_diag, gptq_gap_bits
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/learn.py"
 SMALL = "synthetic:powerlaw?n=48&seed=0&basis=native&alpha=1.5"
 

@@ -9,6 +9,9 @@ from tests._apptest import figure, no_pages_folder_mode, start, trace  # noqa: F
 from tests._tiny_llm import one_torch_thread, save_tiny_model, write_text, write_tiny_grid  # noqa: F401
 from wfviz.model_results import load_results
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/model.py"
 
 

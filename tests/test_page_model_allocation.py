@@ -12,6 +12,9 @@ from tests._tiny_llm import one_torch_thread, save_tiny_model, write_text, write
 from wfviz.allocation import COSTS_FILE, RatePlan, load_costs
 from wfviz.model_results import load_results
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/model.py"
 
 

@@ -23,6 +23,9 @@ from wfviz.rotations import get_rotation
 from wfviz.sources import resolve_source
 from wfviz.theory import WATERSIC_GAP_BITS, cholesky_diag, it_distortion, watersic_distortion
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/quantize.py"
 SMALL = "synthetic:powerlaw?n=48&seed=0&basis=native&alpha=1.5"
 RANDOM_BASIS = "synthetic:powerlaw?n=48&seed=0&basis=random&alpha=1.5"

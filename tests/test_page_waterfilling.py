@@ -18,6 +18,9 @@ from wfviz.stats import rotated_d
 from wfviz.theory import gptq_gap_bits
 from wfviz.waterfilling import reverse_waterfill
 
+# integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
+pytestmark = pytest.mark.slow
+
 PAGE = "pages/waterfilling.py"
 
 
