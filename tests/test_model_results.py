@@ -81,9 +81,10 @@ def test_figures_label_metrics_reference_and_model(grid):
     res = load_results(grid)
     fig = model_curve_figure(res, "ppl", highlight="gptq_identity_3b_one-shot")
     names = [t.name for t in fig.data]
-    # two metrics in one chart: each trace names its own
-    assert "gptq · identity (log-cardinality)" in names
-    assert "watersic · identity (per-column entropy)" in names
+    # two metrics in one chart: each trace sits in its metric's legend group
+    groups = {t.name: t.legendgrouptitle.text for t in fig.data if t.legendgroup}
+    assert groups["gptq · identity"] == "bits counted as log-cardinality"
+    assert groups["watersic · identity"] == "bits counted as per-column entropy"
     assert "reference model" in names and "chosen point" in names
     ref = next(t for t in fig.data if t.name == "reference model")
     assert set(ref.y) == {res.reference["ppl"]}
@@ -190,3 +191,22 @@ def test_measured_near_keeps_the_budget_method_and_rotation(grid):
                                             - res.reference["nll"])
     assert measured_near(res, "gptq", "hadamard", 3.0) == []
     assert measured_near(res, "watersic", "identity", 5.0) == []
+
+
+def test_broken_models_are_left_off_the_perplexity_axis():
+    from pathlib import Path
+
+    from wfviz.model_results import ModelResults
+    from wfviz.plots.model import PPL_CAP
+
+    rows = [dict(id=f"p{r}", method="gptq", rotation="identity", calibration="one-shot",
+                 rate_metric="log_cardinality", rate_label="x", rate=r, ppl=v, kl=1.0)
+            for r, v in ((2.0, 1e9), (3.0, 200.0), (4.0, 30.0))]
+    fig = model_curve_figure(ModelResults(Path("."), {}, {"ppl": 20.0}, rows))
+    lo, hi = fig.layout.yaxis.range
+    assert hi == pytest.approx(__import__("math").log10(PPL_CAP * 20.0))
+    assert 10 ** lo <= 20.0  # the reference line stays in view
+    assert "1 point above perplexity 1,000 off the chart" in fig.layout.annotations[0].text
+    rows[0]["ppl"] = 100.0
+    fig = model_curve_figure(ModelResults(Path("."), {}, {"ppl": 20.0}, rows))
+    assert not fig.layout.annotations

@@ -37,7 +37,9 @@ def test_curves_table_and_heatmaps(results):
     at = start(page=PAGE)
     fig = figure(at, "m_curve")
     names = [t["name"] for t in fig["data"]]
-    assert "reference model" in names and "gptq · identity (log-cardinality)" in names
+    assert "reference model" in names and "gptq · identity" in names
+    assert trace(fig, "gptq · identity")["legendgrouptitle"]["text"] == (
+        "bits counted as log-cardinality")
     assert "chosen point" in names  # the selected point is ringed
     assert "log-cardinality" in fig["layout"]["xaxis"]["title"]["text"]
     assert trace(fig, "reference model")["y"][0] == pytest.approx(results.reference["ppl"])

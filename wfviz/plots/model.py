@@ -61,8 +61,9 @@ def model_curve_figure(results: ModelResults, value: str = "ppl", *,
     calibration, the reference model as a horizontal line (perplexity only).
 
     The x axis says how bits were counted; when methods count differently (whole-bit methods by
-    log-cardinality, entropy-coded ones by column entropy) each trace's legend name carries its
-    metric, so none is mixed silently. ``highlight`` rings one point (by id).
+    log-cardinality, entropy-coded ones by column entropy) the legend groups the traces under
+    their metric, so none is mixed silently. Perplexities above :data:`PPL_CAP` × the reference
+    are left off the axis, with a note saying how many. ``highlight`` rings one point (by id).
 
     Examples
     --------
@@ -80,11 +81,13 @@ def model_curve_figure(results: ModelResults, value: str = "ppl", *,
         name = f"{c['method']} · {c['rotation']}"
         name += f" · groups of {c['group_size']}" if c["group_size"] else ""
         name += " · sequential" if c["calibration"] == "sequential" else ""
-        if len(metrics) > 1:
-            name += f" ({metric_name(c['rate_metric'])})"
         seq = c["calibration"] == "sequential"
+        # one legend group per way of counting bits: no trace hides which metric it uses
+        group = dict(legendgroup=c["rate_metric"],
+                     legendgrouptitle_text=f"bits counted as {metric_name(c['rate_metric'])}"
+                     ) if len(metrics) > 1 else {}
         fig.add_trace(go.Scatter(
-            x=c["rates"], y=c["values"], name=name, customdata=c["ids"],
+            x=c["rates"], y=c["values"], name=name, customdata=c["ids"], **group,
             mode="markers" if seq else "lines+markers",
             marker=dict(size=12 if seq else 8, symbol="diamond" if seq else "circle",
                         color=_METHOD_COLORS.get(c["method"], "#9467bd")),
@@ -111,8 +114,29 @@ def model_curve_figure(results: ModelResults, value: str = "ppl", *,
     y = _VALUES.get(value, value)
     title = f"{model_label(results)}: {y.split(',')[0]} vs bits per weight"
     fig = style_figure(fig, title, x, y, log_y=value == "ppl" and _spans_decade(groups),
-                       height=460)
+                       height=520)
+    if value == "ppl" and ref:
+        _cap(fig, groups, ref)
     return fig.update_layout(legend=dict(y=-0.25))
+
+
+PPL_CAP = 50.0
+"""The perplexity axis stops at this multiple of the reference's: beyond it a model is broken,
+and drawing 10⁹ would squash every useful point into the bottom of the chart."""
+
+
+def _cap(fig: go.Figure, groups, ref: float) -> None:
+    values = [v for c in groups for v in c["values"]]
+    top = PPL_CAP * ref
+    off = sum(v > top for v in values)
+    if not off:
+        return
+    low = min(min(values), ref) * 0.9
+    fig.update_yaxes(range=[math.log10(low), math.log10(top)])
+    fig.add_annotation(text=f"{off} point{'s' if off > 1 else ''} above perplexity {top:,.0f} "
+                            "off the chart (see the table)", xref="paper", yref="paper",
+                       x=1.0, y=1.0, xanchor="right", yanchor="bottom", showarrow=False,
+                       font=dict(size=11, color="#555"))
 
 
 def _spans_decade(groups) -> bool:
@@ -144,5 +168,5 @@ def layer_heatmap_figure(layers: list[dict], value: str = "relative_distortion",
         customdata=text, hovertemplate="block %{y} · %{x}: %{customdata}<extra></extra>",
         colorbar=dict(title=dict(text=bar))))
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(blocks) // 10))
-    fig.update_xaxes(tickangle=0)
+    fig.update_xaxes(tickangle=-45)
     return style_figure(fig, title or label, "layer kind", "decoder block", height=520)
