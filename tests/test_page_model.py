@@ -72,30 +72,29 @@ def test_without_results_or_model_the_page_says_why(monkeypatch):
     st.cache_data.clear()
 
 
+def _gptq4_form(at, text):
+    """Fill the Run-this-point form: gptq at 4 bits, 2048 + 2048 tokens of ``text``."""
+    at.selectbox(key="m_method").set_value("gptq").run()
+    at.number_input(key="m_rate").set_value(4.0)
+    at.number_input(key="m_ctok").set_value(2048)
+    at.number_input(key="m_etok").set_value(2048)
+    return at.text_input(key="m_text").set_value(str(text)).run()
+
+
 def test_run_this_point_then_every_session_sees_it(results, tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WFVIZ_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr("wfviz.model_jobs.PointRequest", functools.partial(
         __import__("wfviz.model_jobs", fromlist=["PointRequest"]).PointRequest,
         model=str(tiny["model"]), seq_len=128))
     monkeypatch.setattr("wfviz.model_jobs.model_unavailable_reason", lambda request=None: None)
-    at = start(page=PAGE)
-    at.selectbox(key="m_method").set_value("gptq").run()
-    at.number_input(key="m_rate").set_value(4.0)
-    at.number_input(key="m_ctok").set_value(2048)
-    at.number_input(key="m_etok").set_value(2048)
-    at.text_input(key="m_text").set_value(str(tiny["text"])).run()
+    at = _gptq4_form(start(page=PAGE), tiny["text"])
     assert not at.exception and not at.error
     at.button(key="m_run").click().run(timeout=120)
     assert not at.exception, at.exception
     labels = [m.label for m in at.metric]
     assert "Perplexity" in labels and "KL (nats/token)" in labels
     # a new session (another tab) with the same settings gets the cached result, no run
-    again = start(page=PAGE)
-    again.selectbox(key="m_method").set_value("gptq").run()
-    again.number_input(key="m_rate").set_value(4.0)
-    again.number_input(key="m_ctok").set_value(2048)
-    again.number_input(key="m_etok").set_value(2048)
-    again.text_input(key="m_text").set_value(str(tiny["text"])).run()
+    again = _gptq4_form(start(page=PAGE), tiny["text"])
     assert [m.value for m in again.metric] == [m.value for m in at.metric]
     assert not [b for b in again.button if b.key == "m_run"]
 
