@@ -46,6 +46,12 @@ def test_wheel_has_no_top_level_app_or_pages(installed):
     top = {n.split("/")[0] for n in names}
     assert not {"app.py", "pages"} & top
     assert any(n.endswith("data/share/wfviz/app.py") for n in names)
+    # the Model page's shipped results and stored allocation inputs travel with the bundle
+    grid = "data/share/wfviz/sample_covariances/smollm2-135m-wikitext2/model_grid/"
+    assert any(n.endswith(grid + "results.json") for n in names)
+    assert sum(grid + "points/" in n for n in names) == len(list(
+        (ROOT / "sample_covariances/smollm2-135m-wikitext2/model_grid/points").glob("*.json")))
+    assert any(n.endswith("smollm2-135m-wikitext2/allocation_costs.json") for n in names)
     site = next(venv.glob("lib/python*/site-packages"))
     assert not (site / "app.py").exists() and not (site / "pages").exists()
 
