@@ -56,7 +56,12 @@ def _greedy(model, texts, sigmas, store, budget, method, rotation, out: Path) ->
     from wfviz.allocation import GreedyRates
     from wfviz.model_cache import atomic_write_text
     from wfviz.model_eval import evaluate_model
-    from wfviz.model_quant import model_linears, restore_linears, snapshot_linears
+    from wfviz.model_quant import (
+        model_linears,
+        quantize_model,
+        restore_linears,
+        snapshot_linears,
+    )
 
     path = out / f"greedy-{budget:g}.json"
     if path.is_file():
@@ -65,7 +70,7 @@ def _greedy(model, texts, sigmas, store, budget, method, rotation, out: Path) ->
     snap = snapshot_linears(model)
     try:
         t0 = time.perf_counter()
-        res = __import__("wfviz").quantize_model(
+        res = quantize_model(
             model, texts.calibration, method=method, rotation=rotation, sigmas=sigmas,
             plan=GreedyRates(weights, budget))
         ev = evaluate_model(model, texts.evaluation, reference=store)

@@ -18,8 +18,8 @@ NO_COSTS = ("No stored allocation inputs are installed (`allocation_costs.json` 
             "--save-costs <bundle>/allocation_costs.json`.")
 
 
-@st.cache_data(max_entries=2, show_spinner=False)
-def _costs(_stamp: int):
+@st.cache_data(max_entries=1, show_spinner=False)
+def _costs():
     from wfviz.allocation import shipped_costs
 
     return shipped_costs()
@@ -30,7 +30,7 @@ def _plans(budget: float, method: str, rotation: str, sensitivity: str, cost: st
     """The waterfilled, uniform and heuristic plans and the layers they were made from."""
     from wfviz.allocation import allocate, heuristic_plan, uniform_plan
 
-    costs = _costs(0)
+    costs = _costs()
     curve = (method, rotation) if cost == "measured" else None
     layers = costs.layer_costs(rotation, sensitivity, curve)
     common = dict(cost=cost, method=method, model=costs.provenance.get("model"),
@@ -41,11 +41,10 @@ def _plans(budget: float, method: str, rotation: str, sensitivity: str, cost: st
             layers)
 
 
-def _measured(method: str, rotation: str, budget: float) -> pd.DataFrame | None:
+def _measured(results, method: str, rotation: str, budget: float) -> pd.DataFrame | None:
     """Shipped grid points at this method, rotation and budget (uniform or planned)."""
-    from wfviz.model_results import measured_near, shipped_results
+    from wfviz.model_results import measured_near
 
-    results = shipped_results()
     rows = measured_near(results, method, rotation, budget) if results is not None else []
     if not rows:
         return None
@@ -150,8 +149,11 @@ def _run_plan(plan, rotation: str, costs) -> None:
         st.caption(f"Cached in {done.path}. Text: {done.spans_text()}.")
 
 
-def allocation_section() -> None:
-    """The section: widgets, the three figures, predicted and measured ΔNLL, exports, a run."""
+def allocation_section(results) -> None:
+    """The section: widgets, the three figures, predicted and measured ΔNLL, exports, a run.
+
+    ``results`` is the shipped grid the page has already read (or None): its points at the
+    budget are shown as measured beside the predictions."""
     from wfviz.plots import layer_vessel_figure, plan_bars_figure, plan_heatmap_figure
 
     st.subheader("How many bits should each layer get?")
@@ -159,7 +161,7 @@ def allocation_section() -> None:
                "layer gets R_l = ½log₂(s_l κ_l/θ) bits (kept within 1–8), θ chosen so the mean "
                "is the budget. κ_l = (2πe/12)·σ²_W·GM(d) for WaterSIC, the AM for GPTQ-EC.")
     try:
-        costs = _costs(0)
+        costs = _costs()
     except WfvizError as exc:
         show_error(exc)
         return
@@ -174,7 +176,7 @@ def allocation_section() -> None:
         show_error(exc)
         return
     _metrics(plan, uniform, heuristic)
-    measured = _measured(method, rotation, float(budget))
+    measured = _measured(results, method, rotation, float(budget))
     if measured is not None:
         st.markdown("**Measured** on the shipped grid (same method and rotation; ΔNLL is the "
                     "quantized model's NLL minus the reference's):")

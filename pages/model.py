@@ -35,8 +35,8 @@ ensure_frame("pages/model.py")
 st.title("Model: every linear layer quantized, perplexity and KL")
 
 
-@st.cache_data(max_entries=2, show_spinner=False)
-def _shipped(_stamp: int):
+@st.cache_data(max_entries=1, show_spinner=False)
+def _shipped():
     return shipped_results()
 
 
@@ -181,7 +181,7 @@ def _run_section() -> None:
         _show_finished(request, done)
 
 
-results = _shipped(0)
+results = _shipped()
 if results is None:
     st.info("No whole-model results are installed: the shipped bundle's `model_grid` folder is "
             "missing. Produce one with `wfviz quantize-model … --out DIR`.")
@@ -196,5 +196,5 @@ else:
     with st.expander("All points as a table"):
         _results_table(results)
     _inside(results)
-allocation_section()
+allocation_section(results)
 _run_section()

@@ -73,3 +73,11 @@ def write_tiny_grid(root, model_dir, text):
     run_model_grid(ModelGridConfig(methods=("watersic",), rates=(3.0,), **common))
     return root / "out"
 
+
+
+def tiny_model_page(root):
+    """What the Model page tests show: the tiny model saved, a 6000-word text and a grid on
+    them (:func:`write_tiny_grid`), as ``dict(model, text, grid)``."""
+    model_dir = save_tiny_model(root / "model")
+    text = write_text(root / "wiki.txt", 6000)
+    return dict(model=model_dir, text=text, grid=write_tiny_grid(root, model_dir, text))

@@ -6,7 +6,7 @@ import pytest
 import streamlit as st
 
 from tests._apptest import figure, no_pages_folder_mode, start, trace  # noqa: F401
-from tests._tiny_llm import one_torch_thread, save_tiny_model, write_text, write_tiny_grid  # noqa: F401
+from tests._tiny_llm import one_torch_thread, tiny_model_page  # noqa: F401
 from wfviz.model_results import load_results
 
 # integration tests (AppTest, subprocesses, whole models): `make test-fast` leaves them out
@@ -17,10 +17,7 @@ PAGE = "pages/model.py"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model-page")
-    model_dir = save_tiny_model(root / "model")
-    text = write_text(root / "wiki.txt", 6000)
-    return dict(model=model_dir, text=text, grid=write_tiny_grid(root, model_dir, text))
+    return tiny_model_page(tmp_path_factory.mktemp("model-page"))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 
 from tests._apptest import array, figure, metric, no_pages_folder_mode, start, trace  # noqa: F401
-from tests._tiny_llm import one_torch_thread, save_tiny_model, write_text, write_tiny_grid  # noqa: F401
+from tests._tiny_llm import one_torch_thread, tiny_model_page  # noqa: F401
 from wfviz.allocation import COSTS_FILE, RatePlan, load_costs
 from wfviz.model_results import load_results
 
@@ -24,9 +24,8 @@ def tiny(tmp_path_factory):
     from wfviz.cli import main
 
     root = tmp_path_factory.mktemp("model-alloc-page")
-    model_dir = save_tiny_model(root / "model")
-    text = write_text(root / "wiki.txt", 6000)
-    grid = write_tiny_grid(root, model_dir, text)
+    made = tiny_model_page(root)
+    model_dir, text = made["model"], made["text"]
     costs = root / COSTS_FILE
     mp = pytest.MonkeyPatch()
     mp.setenv("WFVIZ_CACHE_DIR", str(root / "cache"))
@@ -37,7 +36,7 @@ def tiny(tmp_path_factory):
                      "--save-costs", str(costs)]) == 0
     finally:
         mp.undo()
-    return dict(model=model_dir, text=text, grid=grid, costs=load_costs(costs))
+    return dict(made, costs=load_costs(costs))
 
 
 @pytest.fixture

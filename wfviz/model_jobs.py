@@ -32,8 +32,8 @@ checkout on the project's machines (it is not shipped: WikiText-2 is used by pat
 asks for the path when it is elsewhere."""
 PLAN_FILE = "plan.json"
 """Name of a plan point's rate plan inside its folder (the grid's ``plan`` column)."""
-_JOBS: dict[str, BackgroundRun] = {}
-_REQUESTS: dict[str, tuple[PointRequest, BackgroundRun]] = {}
+_JOBS: dict[str, tuple[PointRequest, BackgroundRun]] = {}
+"""Jobs of this process by :meth:`PointRequest.key`."""
 _LOCK = threading.Lock()
 
 
@@ -165,17 +165,16 @@ def model_unavailable_reason(request: PointRequest | None = None) -> str | None:
 def running_point(request: PointRequest) -> BackgroundRun | None:
     """The job running this configuration in this process, or None."""
     with _LOCK:
-        run = _JOBS.get(request.key())
+        _, run = _JOBS.get(request.key(), (None, None))
         if run is not None and run.status().finished:
-            del _JOBS[request.key()]
-            return run  # the caller sees how it ended, once
+            del _JOBS[request.key()]  # the caller sees how it ended, once
         return run
 
 
 def active_points() -> list[tuple[PointRequest, BackgroundRun]]:
     """Every point job of this process that has not finished, oldest first."""
     with _LOCK:
-        return [(r, run) for r, run in _REQUESTS.values() if not run.status().finished]
+        return [(r, run) for r, run in _JOBS.values() if not run.status().finished]
 
 
 def start_point(request: PointRequest, *, cache_dir=None) -> BackgroundRun:
@@ -191,12 +190,11 @@ def start_point(request: PointRequest, *, cache_dir=None) -> BackgroundRun:
         raise WfvizError(reason)
     config = request.grid_config(cache_dir)
     with _LOCK:
-        run = _JOBS.get(request.key())
+        _, run = _JOBS.get(request.key(), (None, None))
         if run is not None and not run.status().finished:
             return run
         run = BackgroundRun(_point_job(config), total=1, heavy=True, limit_threads=False)
-        _JOBS[request.key()] = run.start()
-        _REQUESTS[request.key()] = (request, run)
+        _JOBS[request.key()] = (request, run.start())
         return run
 
 
