@@ -352,14 +352,15 @@ def _progress_text(page) -> str:
 
 
 def test_a_long_run_reports_progress_often_and_cancels_at_once(app_page, app_url):
-    """A 4096-row sweep of the default layer: the progress line (points done, ETA) changes at
+    """A long sweep of the default layer (8192 rows: on a slow machine a 4096-row sweep could
+    end before the rerun below looks for it): the progress line (points done, ETA) changes at
     least every 2 s, a rerun by another widget keeps following the run, and Cancel shows what
     was kept within 2 s."""
     _open(app_page, app_url + "/quantize", plot=False)
     rows = app_page.locator(".st-key-q_rows input")
-    rows.fill("4096")
+    rows.fill("8192")
     rows.press("Enter")
-    app_page.get_by_text(re.compile(r"36 points: .* 4,096 rows")).wait_for()
+    app_page.get_by_text(re.compile(r"36 points: .* 8,192 rows")).wait_for()
     _wait_idle(app_page)
     app_page.locator("[data-testid='stMain']").get_by_role(
         "button", name=re.compile(r"^run$", re.IGNORECASE)).click()
